@@ -1,0 +1,191 @@
+"""Wiring and lifecycle: builds every service from the settings and runs them together.
+
+The only module that knows every package: protocol code (MLLP, DICOM) gets callables, routing
+gets no sockets, the store is chosen once here from ``store:``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from broker.admin.http import AdminServer
+from broker.admin.metrics import Metrics
+from broker.config import MllpListenerSettings, Settings
+from broker.errors import ConfigError
+from broker.hl7.listener import ListenerSettings, MllpListener
+from broker.ingest.decision import AcceptAll, Router
+from broker.ingest.pipeline import IngestPipeline
+from broker.storage.sqlite import SqliteDatabase
+from broker.storage.sqlite_journal import JOURNAL_SCHEMA, SqliteJournal
+
+log = logging.getLogger(__name__)
+
+
+def open_database(settings: Settings) -> SqliteDatabase:
+    """The embedded store with every module's schema registered (not yet opened)."""
+    if not settings.store.startswith("sqlite:///"):
+        raise ConfigError(
+            f"store: {settings.store!r}: the Redis backend is not available in this version; "
+            "use sqlite:///PATH"
+        )
+    return SqliteDatabase(settings.sqlite_path, schemas=[JOURNAL_SCHEMA])
+
+
+def make_journal(settings: Settings, db: SqliteDatabase) -> SqliteJournal:
+    return SqliteJournal(db, dedupe_window_s=settings.journal.dedupe_window_hours * 3600)
+
+
+def tls_context(listener: MllpListenerSettings, settings: Settings) -> ssl.SSLContext | None:
+    """Server TLS context for an MLLP listener, or None."""
+    if listener.tls is None:
+        return None
+    tls = listener.tls
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.resolve(tls.cert), settings.resolve(tls.key))
+        if tls.ca is not None:
+            context.load_verify_locations(settings.resolve(tls.ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"mllp {listener.name}: tls: cannot load certificate/key: {exc}") from exc
+    context.verify_mode = ssl.CERT_REQUIRED if tls.verify_client else ssl.CERT_NONE
+    return context
+
+
+class Broker:
+    """Every service of ``broker serve``; ``async with Broker(settings) as b: await b.wait()``."""
+
+    def __init__(self, settings: Settings, router: Callable[[], Router] | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.db = open_database(settings)
+        self.journal = make_journal(settings, self.db)
+        self._router_factory = router
+        self.listeners: list[MllpListener] = []
+        self.admin: AdminServer | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = asyncio.Event()
+        self.started_at = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        await self._stack.enter_async_context(self.db)
+        router = self._router_factory or _accept_all
+        pipeline = IngestPipeline(
+            self.journal, router, self.metrics, default_charset=settings.default_charset
+        )
+        for conf in settings.mllp:
+            listener = MllpListener(
+                ListenerSettings(
+                    name=conf.name,
+                    host=conf.host,
+                    port=conf.port,
+                    max_frame=conf.max_frame,
+                    max_connections=conf.max_connections,
+                    idle_timeout_s=conf.idle_timeout_s,
+                    allowed_peers=tuple(conf.allowed_peers),
+                    ssl_context=tls_context(conf, settings),
+                ),
+                pipeline,
+            )
+            await self._stack.enter_async_context(listener)
+            self.listeners.append(listener)
+        if settings.http.enabled:
+            self.admin = AdminServer(
+                settings.http.host,
+                settings.http.port,
+                self.metrics,
+                self.health,
+                self.refresh_gauges,
+            )
+            await self._stack.enter_async_context(self.admin)
+        self._tasks.append(asyncio.create_task(self._retention_loop(), name="journal-retention"))
+        self.started_at = time.time()
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight messages, flush the store, close everything."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self._stack.aclose()
+        self._stopped.set()
+
+    async def __aenter__(self) -> Broker:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- health and metrics --------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """What /health reports: ok while every listener serves and the store answers."""
+        listeners = {lst.name: lst.serving for lst in self.listeners}
+        try:
+            self.db.reader().execute("SELECT 1").fetchone()
+            store_ok = True
+        except Exception:
+            store_ok = False
+        ok = store_ok and all(listeners.values())
+        return {
+            "status": "ok" if ok else "unavailable",
+            "store": "ok" if store_ok else "unavailable",
+            "mllp": {name: "listening" if up else "down" for name, up in listeners.items()},
+            "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,
+        }
+
+    def refresh_gauges(self) -> None:
+        stats = self.journal.stats()
+        self.metrics.journal_entries.set(stats["entries"])
+        self.metrics.store_bytes.set(stats["bytes"])
+        for listener in self.listeners:
+            self.metrics.mllp_connections.labels(listener.name).set(len(listener.connections))
+
+    async def _retention_loop(self) -> None:
+        conf = self.settings.journal
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.journal.purge, conf.retention_days * 86400)
+                if removed:
+                    log.info("journal retention: removed %d entries", removed)
+            except Exception:
+                log.exception("journal retention failed; will try again")
+            await asyncio.sleep(conf.purge_interval_s)
+
+
+def _accept_all() -> Router:
+    return _ACCEPT_ALL
+
+
+_ACCEPT_ALL = AcceptAll()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT; then shut down in order and return."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Broker(settings) as broker:
+        ports = ", ".join(f"{lst.name}={lst.port}" for lst in broker.listeners)
+        log.info("broker ready: mllp %s; store %s", ports, settings.store)
+        await stop.wait()
+        log.info("broker stopping: finishing in-flight messages")
+    log.info("broker stopped")

@@ -1,0 +1,231 @@
+"""The ``broker`` command line (DESIGN.md §6, contract): serve, check, route, send, journal."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from broker import logs
+from broker.config import Settings, load_settings
+from broker.errors import BrokerError, ConfigError
+
+CONFIG_ENV = "BROKER_CONFIG"
+
+
+def _load(config: Path | None) -> Settings:
+    if config is None and os.environ.get(CONFIG_ENV):
+        config = Path(os.environ[CONFIG_ENV])
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+config_option = click.option(
+    "--config",
+    "-c",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help=f"Config file (YAML). Default: ${CONFIG_ENV}, else built-in defaults.",
+)
+
+
+@click.group()
+@click.version_option(package_name="broker")
+def main() -> None:
+    """RIS-PACS-EHR interface broker: HL7 v2 over MLLP in, DICOM worklist out."""
+
+
+@main.command()
+@config_option
+def serve(config: Path | None) -> None:
+    """Run the MLLP listeners, the DICOM SCP and the admin HTTP listener."""
+    settings = _load(config)
+    logs.configure(settings.logging.level, settings.logging.format, settings.logging.show_phi)
+    from broker.app import serve as run
+
+    try:
+        _run(run(settings))
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+@main.command()
+@config_option
+def check(config: Path | None) -> None:
+    """Validate the config (and routes and mappings); exit 1 on any error."""
+    settings = _load(config)
+    click.echo(f"config: ok (store {settings.store}, {len(settings.mllp)} MLLP listener(s))")
+
+
+@main.command()
+@click.argument("address")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for each ACK.")
+@click.option(
+    "--raw", is_flag=True, help="Send the bytes as they are (default: segments end in CR)."
+)
+def send(address: str, files: tuple[Path, ...], timeout: float, raw: bool) -> None:
+    """Send HL7 files over MLLP to HOST:PORT and print each ACK's MSA segment."""
+    host, _, port_text = address.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise click.BadParameter(f"found {address!r}; expected HOST:PORT", param_hint="ADDRESS")
+    failures = _run(_send_all(host, int(port_text), files, timeout, raw))
+    if failures:
+        sys.exit(1)
+
+
+async def _send_all(
+    host: str, port: int, files: tuple[Path, ...], timeout: float, raw: bool
+) -> int:
+    from broker.hl7.client import MllpClient
+
+    failures = 0
+    async with MllpClient(host, port, ack_timeout_s=timeout) as client:
+        for path in files:
+            payload = path.read_bytes()
+            if not raw:
+                payload = (
+                    b"\r".join(
+                        line
+                        for line in payload.replace(b"\r\n", b"\n")
+                        .replace(b"\r", b"\n")
+                        .split(b"\n")
+                        if line
+                    )
+                    + b"\r"
+                )
+            try:
+                answer = await client.send(payload)
+            except (TimeoutError, BrokerError) as exc:
+                click.echo(f"{path}: no ACK: {exc}")
+                failures += 1
+                continue
+            msa = _segment(answer, b"MSA")
+            click.echo(f"{path}: {msa.decode('latin-1') if msa else '(no MSA segment)'}")
+            code = msa.split(msa[3:4])[1] if msa and len(msa) > 4 else b""
+            if code not in (b"AA", b"CA"):
+                failures += 1
+                err = _segment(answer, b"ERR")
+                if err:
+                    click.echo(f"  {err.decode('latin-1')}")
+    return failures
+
+
+def _segment(message: bytes, name: bytes) -> bytes:
+    for seg in message.replace(b"\n", b"\r").split(b"\r"):
+        if seg.startswith(name):
+            return seg
+    return b""
+
+
+# -- journal ------------------------------------------------------------------------------
+
+
+@main.group()
+def journal() -> None:
+    """Inspect the inbound journal (patient data redacted unless --show-phi)."""
+
+
+def _open_journal(config: Path | None) -> Any:
+    from broker.app import make_journal, open_database
+
+    settings = _load(config)
+    db = open_database(settings)
+    if not settings.sqlite_path.exists():
+        raise click.ClickException(f"no store at {settings.sqlite_path} (has the broker run?)")
+    db.open()
+    return db, make_journal(settings, db)
+
+
+@journal.command("ls")
+@config_option
+@click.option("--limit", default=20, show_default=True)
+@click.option("--status", type=click.Choice(["accepted", "error", "rejected", "duplicate"]))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def journal_ls(config: Path | None, limit: int, status: str | None, as_json: bool) -> None:
+    """Recent messages, newest first."""
+    db, store = _open_journal(config)
+    try:
+        for entry in store.recent(limit, status=status):
+            row = {
+                "id": entry.id,
+                "received": _time(entry.received_at),
+                "listener": entry.listener,
+                "sender": entry.sender,
+                "control_id": entry.control_id,
+                "type": entry.message_type,
+                "version": entry.version,
+                "status": entry.status,
+                "ack": entry.ack_code,
+                "route": entry.route,
+            }
+            if as_json:
+                click.echo(json.dumps(row))
+            else:
+                click.echo(
+                    f"{row['id']:>7} {row['received']} {row['type']:<9} {row['control_id']:<20} "
+                    f"{row['ack']} {row['status']:<9} {row['route'] or '-'}"
+                )
+    finally:
+        db.close()
+
+
+@journal.command("show")
+@config_option
+@click.argument("journal_id", type=int)
+@click.option("--show-phi", is_flag=True, help="Print the message itself (patient data).")
+def journal_show(config: Path | None, journal_id: int, show_phi: bool) -> None:
+    """One message: metadata, decision and (with --show-phi) its text."""
+    db, store = _open_journal(config)
+    try:
+        entry = store.get(journal_id)
+        if entry is None:
+            raise click.ClickException(f"no journal entry {journal_id}")
+        info = {
+            "id": entry.id,
+            "received": _time(entry.received_at),
+            "listener": entry.listener,
+            "peer": entry.peer,
+            "sender": entry.sender,
+            "control_id": entry.control_id,
+            "type": entry.message_type,
+            "version": entry.version,
+            "charset": entry.charset,
+            "status": entry.status,
+            "ack": entry.ack_code,
+            "route": entry.route,
+            "detail": entry.detail,
+        }
+        if show_phi:
+            info["message"] = entry.raw.decode("latin-1").replace("\r", "\n")
+        else:
+            info["message"] = f"<{len(entry.raw)} bytes redacted; use --show-phi>"
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+    finally:
+        db.close()
+
+
+def _time(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

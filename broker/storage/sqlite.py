@@ -1,0 +1,292 @@
+"""The embedded SQLite database: one file, WAL, one writer thread with group commit.
+
+Every durable change goes through :meth:`SqliteDatabase.write`: the caller hands a function
+that receives the writer connection inside an open transaction. The writer thread takes all
+requests waiting at that moment, runs each in its own SAVEPOINT (one failing unit does not
+undo the others) and commits them with one fsync (``synchronous=FULL``). Under load, messages
+arriving together therefore share a commit; alone, a message pays exactly one fsync.
+
+Reads use separate connections (WAL lets them run beside the writer), one per thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from broker.errors import StoreError
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: Upper bound of units committed together; bounds the latency one commit adds to its members.
+DEFAULT_MAX_BATCH = 512
+#: How long a connection waits on a lock held by another process before failing.
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+
+WriteFn = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """DDL that one module needs; applied in order, each statement idempotent."""
+
+    name: str
+    statements: Sequence[str]
+
+
+@dataclass(slots=True)
+class _Unit:
+    fn: WriteFn
+    future: Future[Any]
+
+
+_STOP = object()
+
+
+class SqliteDatabase:
+    """One SQLite file shared by the journal, the worklist and the queues."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        schemas: Sequence[Schema] = (),
+        synchronous: str = "FULL",
+        max_batch: int = DEFAULT_MAX_BATCH,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+    ) -> None:
+        self.path = Path(path)
+        self._schemas = list(schemas)
+        self._synchronous = synchronous
+        self._max_batch = max_batch
+        self._busy_timeout_s = busy_timeout_s
+        self._requests: queue.SimpleQueue[_Unit | object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self.commits = 0
+        self.units_committed = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def add_schema(self, schema: Schema) -> None:
+        """Register DDL to apply at :meth:`open` (call before opening)."""
+        if self._writer is not None:
+            raise StoreError(f"schema {schema.name!r} added after the database was opened")
+        self._schemas.append(schema)
+
+    def open(self) -> None:
+        """Create the file and tables if needed and start the writer thread."""
+        if self._writer is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            # auto_vacuum must be chosen before the first table exists; INCREMENTAL lets
+            # retention hand freed pages back to the file system (deleting rows alone
+            # never shrinks an SQLite file, a known pain of the incumbents).
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("PRAGMA journal_mode=WAL")
+            for schema in self._schemas:
+                for statement in schema.statements:
+                    conn.execute(statement)
+            conn.commit()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot initialise {self.path}: {exc}") from exc
+        self._writer = threading.Thread(
+            target=self._writer_loop, args=(conn,), name="sqlite-writer", daemon=True
+        )
+        self._writer.start()
+
+    def close(self) -> None:
+        """Finish queued writes, stop the writer and close every connection."""
+        if self._writer is not None:
+            self._requests.put(_STOP)
+            self._writer.join()
+            self._writer = None
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        self._readers = threading.local()
+
+    async def __aenter__(self) -> SqliteDatabase:
+        await asyncio.to_thread(self.open)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.to_thread(self.close)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def submit(self, fn: WriteFn) -> Future[Any]:
+        """Queue ``fn(conn)`` for the next group commit; the future resolves after COMMIT."""
+        if self._writer is None:
+            raise StoreError("the database is not open")
+        future: Future[Any] = Future()
+        self._requests.put(_Unit(fn, future))
+        return future
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a transaction and return its result once it is durable.
+
+        Raises whatever ``fn`` raised (its changes rolled back, others' kept), or
+        :class:`StoreError` when the commit itself failed.
+        """
+        # Shielded: a cancelled caller must not leave the unit half-known; the commit
+        # goes on and its outcome is simply dropped (arq's finish_job habit).
+        return await asyncio.shield(asyncio.wrap_future(self.submit(fn)))
+
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Blocking :meth:`write`, for the command line and tests."""
+        result: T = self.submit(fn).result()
+        return result
+
+    def _writer_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._requests.get()
+                if first is _STOP:
+                    return
+                batch: list[_Unit] = [first]  # type: ignore[list-item]
+                stop = False
+                while len(batch) < self._max_batch:
+                    try:
+                        nxt = self._requests.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    batch.append(nxt)  # type: ignore[arg-type]
+                self._commit_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Unit]) -> None:
+        results: list[tuple[_Unit, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = StoreError(f"cannot begin a transaction on {self.path}: {exc}")
+            for unit in batch:
+                unit.future.set_exception(error)
+            return
+        for unit in batch:
+            try:
+                conn.execute("SAVEPOINT unit")
+                value = unit.fn(conn)
+                conn.execute("RELEASE unit")
+                results.append((unit, True, value))
+            except Exception as exc:  # the unit failed; roll back only its own changes
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO unit")
+                    conn.execute("RELEASE unit")
+                results.append((unit, False, exc))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            error = StoreError(f"commit to {self.path} failed: {exc}")
+            for unit, _, _ in results:
+                unit.future.set_exception(error)
+            return
+        self.commits += 1
+        self.units_committed += len(batch)
+        for unit, ok, value in results:
+            if ok:
+                unit.future.set_result(value)
+            else:
+                unit.future.set_exception(_as_store_error(value))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (created on first use)."""
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            self._readers.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on a reader connection in a worker thread."""
+        return await asyncio.to_thread(lambda: fn(self.reader()))
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def file_size(self) -> int:
+        """Bytes on disk: the database file plus its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += Path(f"{self.path}{suffix}").stat().st_size
+        return total
+
+    def reclaim_space(self) -> None:
+        """Give freed pages back to the file system (after a purge).
+
+        Runs on the writer thread so it never races a group commit.
+        """
+
+        def vacuum(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA incremental_vacuum")
+
+        self.write_sync(vacuum)
+        # A TRUNCATE checkpoint needs no open transaction; done on a private connection.
+        conn = self._connect()
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        return conn
+
+
+def _as_store_error(exc: BaseException) -> BaseException:
+    """Translate sqlite3 errors once, here; leave the broker's own errors as they are."""
+    if isinstance(exc, sqlite3.Error):
+        error = StoreError(f"database error: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+@contextlib.contextmanager
+def timed(label: str) -> Iterator[None]:
+    """Log how long a maintenance step took (debug level)."""
+    start = time.perf_counter()
+    yield
+    log.debug("%s took %.1f ms", label, (time.perf_counter() - start) * 1000)

@@ -31,7 +31,9 @@ class WorklistBackend(Protocol):
     for N-CREATE/N-SET); the association stays up in both cases.
     """
 
-    def find(self, identifier: bytes, *, explicit_vr: bool, calling_ae: str) -> Iterator[list[bytes]]:
+    def find(
+        self, identifier: bytes, *, explicit_vr: bool, calling_ae: str
+    ) -> Iterator[list[bytes]]:
         """Match a C-FIND identifier (encoded, little endian, in the negotiated transfer syntax).
 
         Yields batches of encoded response identifiers in the same transfer syntax; the SCP

@@ -132,7 +132,9 @@ def decode_command(data: bytes) -> Command:
         command_field=command_field,
         message_id=message_id,
         has_dataset=has_dataset,
-        sop_class_uid=_uid(fields.get(AFFECTED_SOP_CLASS_UID) or fields.get(REQUESTED_SOP_CLASS_UID)),
+        sop_class_uid=_uid(
+            fields.get(AFFECTED_SOP_CLASS_UID) or fields.get(REQUESTED_SOP_CLASS_UID)
+        ),
         sop_instance_uid=_uid(
             fields.get(AFFECTED_SOP_INSTANCE_UID) or fields.get(REQUESTED_SOP_INSTANCE_UID)
         ),
@@ -274,10 +276,12 @@ class MessageAssembler:
             is_command = bool(control & pdu.MCH_COMMAND)
             if is_command:
                 if self._command is not None:
-                    raise pdu.PDUError("command fragment after the command set", pdu.REASON_UNEXPECTED_PARAMETER)
+                    raise pdu.PDUError(
+                        "command fragment after the command set", pdu.REASON_UNEXPECTED_PARAMETER
+                    )
                 self._fragments.append(bytes(fragment))
                 if control & pdu.MCH_LAST:
-                    raw = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
+                    raw = b"".join(self._fragments)
                     self._fragments = []
                     command = decode_command(raw)
                     if command.has_dataset:
@@ -287,7 +291,9 @@ class MessageAssembler:
                         self._reset()
             else:
                 if self._command is None:
-                    raise pdu.PDUError("dataset fragment before the command set", pdu.REASON_UNEXPECTED_PARAMETER)
+                    raise pdu.PDUError(
+                        "dataset fragment before the command set", pdu.REASON_UNEXPECTED_PARAMETER
+                    )
                 self._dataset.append(bytes(fragment))
                 if control & pdu.MCH_LAST:
                     data = self._dataset[0] if len(self._dataset) == 1 else b"".join(self._dataset)

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import cast
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ
@@ -156,7 +155,7 @@ def reject_pdu(result: int, source: int, diagnostic: int) -> bytes:
     primitive.result = result
     primitive.result_source = source
     primitive.diagnostic = diagnostic
-    return cast(bytes, A_ASSOCIATE_RJ(primitive).encode())
+    return A_ASSOCIATE_RJ(primitive).encode()
 
 
 def _rejected(rq: A_ASSOCIATE, code: tuple[int, int, int], why: str) -> Rejected:
@@ -271,5 +270,5 @@ def negotiate(
         called,
         rq.maximum_length_received or 0,
         contexts,
-        cast(bytes, A_ASSOCIATE_AC(ac).encode()),
+        A_ASSOCIATE_AC(ac).encode(),
     )

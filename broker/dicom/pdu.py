@@ -79,9 +79,7 @@ async def read_pdu(
         raise PDUError(f"unknown PDU type 0x{pdu_type:02X}", REASON_UNRECOGNIZED_PDU)
     limit = max_pdata if pdu_type == P_DATA_TF else max_other
     if limit and length > limit:
-        raise PDUError(
-            f"PDU type 0x{pdu_type:02X} of {length} bytes is above the limit of {limit}"
-        )
+        raise PDUError(f"PDU type 0x{pdu_type:02X} of {length} bytes is above the limit of {limit}")
     return pdu_type, await reader.readexactly(length)
 
 
@@ -109,9 +107,7 @@ def _pdv(context_id: int, control: int, fragment: bytes | memoryview) -> bytes:
     return _PDV.pack(len(fragment) + 2, context_id, control) + fragment
 
 
-def encode_p_data(
-    context_id: int, command: bytes, dataset: bytes | None, peer_max: int
-) -> bytes:
+def encode_p_data(context_id: int, command: bytes, dataset: bytes | None, peer_max: int) -> bytes:
     """Return the P-DATA-TF PDU(s) carrying one DIMSE message, concatenated.
 
     Command and dataset go in one PDU when they fit ``peer_max`` (the peer's Maximum Length
@@ -147,3 +143,40 @@ def _fragment(out: list[bytes], context_id: int, kind: int, data: bytes, chunk: 
         out.append(_pdv(context_id, control, piece))
         if offset >= total:
             return
+
+
+class ResponseEncoder:
+    """Frames the responses of one request: the same command set before each dataset.
+
+    The command PDV is encoded once; each response is one P-DATA-TF when it fits the peer's
+    maximum (the usual case), else it falls back to :func:`encode_p_data`'s fragments.
+    """
+
+    __slots__ = ("_command", "_command_pdv", "_context_id", "_limit", "_peer_max")
+
+    def __init__(self, context_id: int, command: bytes, peer_max: int) -> None:
+        self._context_id = context_id
+        self._command = command
+        self._command_pdv = _pdv(context_id, MCH_COMMAND | MCH_LAST, command)
+        self._peer_max = peer_max
+        # Largest dataset that still fits one PDU with the command.
+        self._limit = peer_max - len(self._command_pdv) - PDV_HEADER_LEN if peer_max else -1
+
+    def join(self, datasets: list[bytes], final: bytes | None = None) -> bytes:
+        """Return the PDUs for ``datasets`` (one response each), then ``final`` (no dataset)."""
+        header, pdv, cmd = _HEADER.pack, _PDV.pack, self._command_pdv
+        cid, limit, base = self._context_id, self._limit, len(self._command_pdv) + PDV_HEADER_LEN
+        out: list[bytes] = []
+        for data in datasets:
+            if limit < 0 or len(data) <= limit:
+                out += (
+                    header(P_DATA_TF, base + len(data)),
+                    cmd,
+                    pdv(len(data) + 2, cid, MCH_LAST),
+                    data,
+                )
+            else:
+                out.append(encode_p_data(cid, self._command, data, self._peer_max))
+        if final is not None:
+            out.append(encode_p_data(cid, final, None, self._peer_max))
+        return b"".join(out)

@@ -84,12 +84,8 @@ VERIFICATION_STATUS: dict[int, StatusInfo] = dict(GENERAL_STATUS)
 MODALITY_WORKLIST_STATUS: dict[int, StatusInfo] = {
     **GENERAL_STATUS,
     0xA700: StatusInfo(_C.FAILURE, "Refused: out of resources", "PS3.4 K.4.1.1.4"),
-    0xA900: StatusInfo(
-        _C.FAILURE, "Identifier does not match SOP class", "PS3.4 K.4.1.1.4"
-    ),
-    0xFE00: StatusInfo(
-        _C.CANCEL, "Matching terminated due to Cancel request", "PS3.4 K.4.1.1.4"
-    ),
+    0xA900: StatusInfo(_C.FAILURE, "Identifier does not match SOP class", "PS3.4 K.4.1.1.4"),
+    0xFE00: StatusInfo(_C.CANCEL, "Matching terminated due to Cancel request", "PS3.4 K.4.1.1.4"),
     0xFF00: StatusInfo(
         _C.PENDING,
         "Matches are continuing; optional keys were supported as required keys",
@@ -103,9 +99,7 @@ MODALITY_WORKLIST_STATUS: dict[int, StatusInfo] = {
 }
 # 0xCxxx: "Failed: unable to process" (PS3.4 K.4.1.1.4), a range.
 for _code in range(0xC000, 0xD000):
-    MODALITY_WORKLIST_STATUS[_code] = StatusInfo(
-        _C.FAILURE, "Unable to process", "PS3.4 K.4.1.1.4"
-    )
+    MODALITY_WORKLIST_STATUS[_code] = StatusInfo(_C.FAILURE, "Unable to process", "PS3.4 K.4.1.1.4")
 
 # Modality Performed Procedure Step SOP Class, PS3.4 F.7.2.1.3 (N-CREATE) and F.7.2.2.3 (N-SET).
 MPPS_STATUS: dict[int, StatusInfo] = {

@@ -103,22 +103,41 @@ def python_codec(charset: str) -> str:
 
 
 def _msh18(raw: bytes) -> bytes:
-    """First repetition, first component of MSH-18, read from the raw bytes ('' when absent)."""
-    if raw[:3] != b"MSH" or len(raw) < 8:
+    """First repetition, first component of MSH-18, read from the raw bytes (b'' when absent)."""
+    if raw[:3] != b"MSH":
         return b""
-    end = len(raw)
-    for terminator in (b"\r", b"\n"):
-        at = raw.find(terminator, 0, end)
-        if at >= 0:
-            end = at
-    fields = raw[:end].split(raw[3:4], 18)
+    end = raw.find(b"\r")
+    head = raw[:end] if end >= 0 else raw
+    end = head.find(b"\n")
+    if end >= 0:
+        head = head[:end]
+    fs = head[3:4]
+    fields = head.split(fs, 18) if fs else []
     if len(fields) < 18:
         return b""
     value = fields[17]  # fields[0] is "MSH", fields[1] is MSH-2, so fields[n - 1] is MSH-n
-    for sep in (raw[5:6], raw[4:5]):  # repetition, then component separator (MSH-2)
-        if sep:
-            value = value.split(sep, 1)[0]
+    for sep in (head[5:6], head[4:5]):  # repetition, then component separator (MSH-2)
+        end = value.find(sep) if sep else -1
+        if end >= 0:
+            value = value[:end]
     return value.strip()
+
+
+# MSH-18 as written -> (MSH-18 value, Python codec); a handful of spellings in practice.
+_DECLARED: dict[bytes, tuple[str, str]] = {}
+
+
+def _declared(value: bytes) -> tuple[str, str]:
+    hit = _DECLARED.get(value)
+    if hit is None:
+        try:
+            charset = value.decode("ascii")
+        except UnicodeDecodeError:
+            raise CharsetError("MSH-18 character set name is not ASCII") from None
+        hit = (charset, python_codec(charset))
+        if len(_DECLARED) < 64:
+            _DECLARED[value] = hit
+    return hit
 
 
 def decode_frame(raw: bytes, default: str = "ASCII") -> DecodedFrame:
@@ -130,11 +149,7 @@ def decode_frame(raw: bytes, default: str = "ASCII") -> DecodedFrame:
     """
     declared = _msh18(raw)
     if declared:
-        try:
-            charset = declared.decode("ascii")
-        except UnicodeDecodeError:
-            raise CharsetError("MSH-18 character set name is not ASCII") from None
-        codec = python_codec(charset)
+        charset, codec = _declared(declared)
         try:
             return DecodedFrame(raw.decode(codec), charset)
         except UnicodeDecodeError as exc:

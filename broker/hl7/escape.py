@@ -83,6 +83,23 @@ def _decode_hex(digits: str, charset: str) -> str | None:
     return data.decode("latin-1")
 
 
+def _table(separators: Separators) -> dict[str, str]:
+    """The replacements of the five delimiter sequences (§2.7.1) for one set of separators."""
+    global _last
+    if _last[0] is not separators:  # Message reuses one Separators object per delimiter set
+        _last = (separators, {
+            "F": separators.field,
+            "S": separators.component,
+            "T": separators.subcomponent,
+            "R": separators.repetition,
+            "E": separators.escape,
+        })
+    return _last[1]
+
+
+_last: tuple[Separators | None, dict[str, str]] = (None, {})
+
+
 def unescape(
     value: str,
     separators: Separators = DEFAULT_SEPARATORS,
@@ -94,44 +111,29 @@ def unescape(
     ``charset`` is the message's MSH-18 value (used only for ``\\X..\\``). Never raises.
     """
     esc = separators.escape
-    find = value.find
-    start = find(esc)
-    if start < 0:
+    if esc not in value:
         return value
-    out: list[str] = []
-    pos = 0
-    while start >= 0:
-        end = find(esc, start + 1)
-        if end < 0:
-            break  # no closing escape character: the rest stays as it is
-        code = value[start + 1 : end]
-        if app_map is not None and code in app_map:
-            text: str | None = app_map[code]
-        elif code == "F":
-            text = separators.field
-        elif code == "S":
-            text = separators.component
-        elif code == "T":
-            text = separators.subcomponent
-        elif code == "R":
-            text = separators.repetition
-        elif code == "E":
-            text = esc
-        elif code[:1] == "X":
-            text = _decode_hex(code[1:], charset)
-        else:
-            text = None
+    table = _table(separators)
+    if app_map:
+        table = {**table, **app_map}
+    # Escape characters pair up in order: text, code, text, code, ..., text. An odd one out at
+    # the end opens no sequence and stays in the text.
+    parts = value.split(esc)
+    if not len(parts) % 2:
+        tail = parts.pop()
+        parts[-1] = f"{parts[-1]}{esc}{tail}"
+    get = table.get
+    for i in range(1, len(parts), 2):
+        code = parts[i]
+        text = get(code)
         if text is None:
-            # Formatting, charset switch, local or unknown code: keep it verbatim, including
-            # its closing escape character (so "\H\" stays "\H\").
-            start = find(esc, end + 1)
-            continue
-        out.append(value[pos:start])
-        out.append(text)
-        pos = end + 1
-        start = find(esc, pos)
-    out.append(value[pos:])
-    return "".join(out)
+            if code[:1] == "X":
+                text = _decode_hex(code[1:], charset)
+            if text is None:
+                # Formatting, charset switch, local or unknown code: kept verbatim ("\\H\\").
+                text = f"{esc}{code}{esc}"
+        parts[i] = text
+    return "".join(parts)
 
 
 def escape(value: str, separators: Separators = DEFAULT_SEPARATORS) -> str:

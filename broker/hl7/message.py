@@ -402,25 +402,29 @@ class Message:
     def _locate(self, path: Path) -> list[str]:
         """Split and cache the fields of the segment ``path`` names; [] when there is none."""
         fields: list[str]
-        if path.segment_occurrence == 1:
-            text = self.text
-            if path.segment == "MSH":
-                start = 0
-            else:
-                find = text.find
-                key = path._find
-                start = find(key)
-                while start >= 0:
-                    start += 1
-                    after = text[start + 3 : start + 4]
-                    if after == self._fs or after == "\r" or not after:
+        text = self.text
+        if path._key == "MSH":
+            end = text.find("\r")
+            fields = (text[:end] if end >= 0 else text).split(self._fs)
+        elif path.segment_occurrence == 1:
+            find = text.find
+            key = path._find
+            start = find(key) + 1
+            if start:
+                # "\rPID" must be followed by the field separator or end the segment: a
+                # segment named "PIDX" is not a PID.
+                fs = self._fs
+                after = text[start + 3 : start + 4]
+                while after != fs and after != "\r" and after:
+                    start = find(key, start) + 1
+                    if not start:
                         break
-                    start = find(key, start)
-            if start < 0:
-                fields = []
-            else:
-                end = text.find("\r", start)
+                    after = text[start + 3 : start + 4]
+            if start:
+                end = find("\r", start)
                 fields = (text[start:end] if end >= 0 else text[start:]).split(self._fs)
+            else:
+                fields = []
         else:
             occurrences = [s for n, s in self._segment_texts() if n == path.segment]
             n = path.segment_occurrence
@@ -474,31 +478,44 @@ class Message:
         v = fields[f]
         if not v:
             return ""
+        # Index 1 is by far the most common at every level: find + slice, no list built.
         r = p._rep
-        if self._rs in v:
+        if r == 1:
+            i = v.find(self._rs)
+            if i >= 0:
+                v = v[:i]
+        elif self._rs in v:
             reps = v.split(self._rs)
             if r > len(reps):
                 return ""
             v = reps[r - 1]
-        elif r > 1:
+        else:
             return ""
         c = p.component
         if c:
-            if self._cs in v:
+            if c == 1:
+                i = v.find(self._cs)
+                if i >= 0:
+                    v = v[:i]
+            elif self._cs in v:
                 comps = v.split(self._cs)
                 if c > len(comps):
                     return ""
                 v = comps[c - 1]
-            elif c > 1:
+            else:
                 return ""
             s = p.subcomponent
             if s:
-                if self._ss in v:
+                if s == 1:
+                    i = v.find(self._ss)
+                    if i >= 0:
+                        v = v[:i]
+                elif self._ss in v:
                     subs = v.split(self._ss)
                     if s > len(subs):
                         return ""
                     v = subs[s - 1]
-                elif s > 1:
+                else:
                     return ""
             elif self._ss in v:
                 return v

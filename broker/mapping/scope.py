@@ -4,95 +4,94 @@ An order message repeats groups: ORM^O01 ``ORC OBR [ZDS]`` per requested procedu
 §4.4.1, IHE RAD TF-2 §4.4), OMI^O23 ``ORC TQ1 OBR IPC+`` with one IPC per scheduled step (HL7
 v2.5.1 §4.4.6, RAD TF-2 §4.4.4.1). A mapping names the step anchor (``each: OBR`` or ``each:
 IPC``) and the order-group boundary (``split: ORC``); inside a step, ``ORC-1`` means the ORC of
-that step's order group, ``OBR-4`` its OBR, ``ZDS-1`` the ZDS that follows it. Segments not in
-the group (MSH, PID, PV1) resolve to their first occurrence in the message.
+that step's order group, ``OBR-4`` its OBR, ``ZDS-1`` the ZDS that follows it, and a group
+segment this group lacks is absent (never borrowed from another group). Segments outside the
+groups (MSH, PID, PV1) resolve to their first occurrence in the message.
+
+Hot path: a scope only stores the segments that differ from "first occurrence in the message";
+every other path is read with ``Message.get`` on a precompiled path (its per-segment field cache
+is the fastest read the accessor offers), so a one-order message costs no Segment objects.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from broker.hl7.message import Message, Segment
 
 
 class Scope:
-    """Resolves segment names to segments for one message or one step; holds ``$variables``."""
+    """One message or one step: ``segs`` overrides (name → Segment, None = absent), ``vars``."""
 
-    __slots__ = ("_cache", "message", "parent", "vars")
+    __slots__ = ("message", "segs", "vars")
 
     def __init__(
         self,
         message: Message,
-        segments: dict[str, Segment] | None = None,
-        parent: Scope | None = None,
+        segs: dict[str, Segment | None] | None = None,
         variables: dict[str, str] | None = None,
     ) -> None:
         self.message = message
-        self._cache: dict[str, Segment | None] = dict(segments) if segments else {}
-        self.parent = parent
+        self.segs: dict[str, Segment | None] = segs if segs is not None else {}
         self.vars: dict[str, str] = variables if variables is not None else {}
 
-    def find(self, name: str) -> Segment | None:
-        """The segment ``name`` means in this scope, or None."""
-        try:
-            return self._cache[name]
-        except KeyError:
-            pass
-        seg = self.parent.find(name) if self.parent is not None else self.message.segment(name, 1)
-        self._cache[name] = seg
-        return seg
-
-    def var(self, name: str) -> str:
-        v = self.vars.get(name)
-        if v is None and self.parent is not None:
-            return self.parent.var(name)
-        return v or ""
-
-    def child(self, segments: dict[str, Segment], variables: dict[str, str]) -> Scope:
-        return Scope(self.message, segments, self, variables)
+    def has_segment(self, name: str) -> bool:
+        """Whether ``name`` is present in this scope."""
+        if name in self.segs:
+            return self.segs[name] is not None
+        return self.message.segment(name, 1) is not None
 
 
-def step_segments(message: Message, each: str, split: str | None) -> list[dict[str, Any]]:
-    """One ``{segment name: Segment}`` dict per occurrence of ``each``.
+def step_scopes(message: Message, each: str, split: str | None) -> list[dict[str, Segment | None]]:
+    """One segment-override dict per occurrence of ``each`` (module docstring); [] when none.
 
-    Within the order group (from one ``split`` segment to the next; the whole message when
-    ``split`` is absent), a name resolves to its closest occurrence before the anchor, else
-    its first occurrence after it.
+    Within an order group (from one ``split`` segment to the next; the whole message when
+    there is no ``split`` segment) a name resolves to its closest occurrence before the anchor,
+    else its first occurrence after it.
     """
     names = message.segment_names()
     if each not in names:
         return []
-    groups: list[list[tuple[str, int]]] = [[]]
     counts: dict[str, int] = {}
-    seen_split = False
+    indexed: list[tuple[str, int]] = []
     for name in names:
         n = counts.get(name, 0) + 1
         counts[name] = n
-        if name == split:
-            if seen_split or groups[-1]:
-                groups.append([])
-            seen_split = True
-        groups[-1].append((name, n))
-    if split is None or not seen_split:
-        groups = [[(nm, k) for g in groups for (nm, k) in g]]
-    out: list[dict[str, Any]] = []
+        indexed.append((name, n))
+    groups: list[list[tuple[str, int]]] = []
+    if split is not None and split in counts:
+        for item in indexed:
+            if item[0] == split:
+                groups.append([item])
+            elif groups:
+                groups[-1].append(item)
+    else:
+        groups = [indexed[1:]]  # everything but MSH
+    group_names = {nm for g in groups for nm, _ in g} if len(groups) > 1 else set()
+    cache: dict[str, list[Segment]] = {}
+
+    def seg(nm: str, k: int) -> Segment:
+        found = cache.get(nm)
+        if found is None:
+            found = cache[nm] = message.segments(nm)
+        return found[k - 1]
+
+    out: list[dict[str, Segment | None]] = []
     for group in groups:
-        # Segments before the first ORC (MSH, PID, PV1) stay at message level.
-        if split is not None and seen_split and (not group or group[0][0] != split):
-            continue
         for pos, (name, occ) in enumerate(group):
             if name != each:
                 continue
-            segs: dict[str, Any] = {each: message.segment(each, occ)}
-            chosen: dict[str, int] = {}
+            chosen: dict[str, int] = {each: occ}
             for nm, k in group[:pos]:
-                chosen[nm] = k
-            for nm, k in group[pos + 1:]:
-                if nm not in chosen and nm != each:
-                    chosen[nm] = k
-            for nm, k in chosen.items():
                 if nm != each:
-                    segs[nm] = message.segment(nm, k)
+                    chosen[nm] = k
+            for nm, k in group[pos + 1:]:
+                if nm not in chosen:
+                    chosen[nm] = k
+            segs: dict[str, Segment | None] = {nm: None for nm in group_names if nm not in chosen}
+            for nm, k in chosen.items():
+                if k != 1:
+                    segs[nm] = seg(nm, k)
             out.append(segs)
     return out

@@ -246,17 +246,17 @@ class SqliteDatabase:
     def reclaim_space(self) -> None:
         """Give freed pages back to the file system (after a purge).
 
-        Runs on the writer thread so it never races a group commit.
+        Runs on a private connection: the pragma must be stepped to its end, which only
+        ``executescript`` does from Python (``execute`` frees a single page); the writer's
+        group commits wait on the busy timeout meanwhile.
         """
-
-        def vacuum(conn: sqlite3.Connection) -> None:
-            conn.execute("PRAGMA incremental_vacuum")
-
-        self.write_sync(vacuum)
-        # A TRUNCATE checkpoint needs no open transaction; done on a private connection.
         conn = self._connect()
         try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.executescript("PRAGMA incremental_vacuum;")
+            # A TRUNCATE checkpoint moves the WAL into the file and cuts both down to size.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot reclaim space in {self.path}: {exc}") from exc
         finally:
             conn.close()
 

@@ -1,0 +1,457 @@
+"""Compile a validated mapping model once into plain closures over precompiled paths.
+
+Nothing here walks the YAML model per message: every attribute becomes one closure that reads
+its paths with ``Message.get`` (precompiled :class:`broker.hl7.message.Path`), converts, checks
+its VR and writes one DICOM JSON element. Faults carry an HL7 table 0357 code and an ERR
+location (``OBR^1^27^4``) and never a patient value.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Any
+
+from broker.hl7.message import compile_path
+from broker.mapping import convert as cv
+from broker.mapping.models import Attribute, Lookup, MappingFile, Predicate, Source
+from broker.mapping.paths import Constant, HL7Path, Term, Variable, parse_expression, parse_path
+from broker.mapping.scope import Scope
+from broker.mapping.template import parse_template
+from broker.mapping.vr import UnknownKeyword, VRFault, make_fixer, resolve_attribute, to_json_value
+
+Getter = Callable[[Scope], str]
+Loc = tuple[str | int, ...]
+#: op(scope, out, warnings): sets one output element in ``out``
+Op = Callable[[Scope, dict[str, Any], list[str]], None]
+
+
+class MappingFault(Exception):
+    """A message cannot be mapped: ``code`` (HL7 table 0357), ``location`` (ERL), ``text``."""
+
+    def __init__(self, code: int, location: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.location = location
+        self.text = text
+
+
+class CompileError(Exception):
+    """References in a mapping are wrong; ``problems`` lists (model location, message)."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        super().__init__("; ".join(m for _, m in problems))
+        self.problems = problems
+
+
+_NAMESPACE = uuid.UUID("6f1c0b8e-3d5e-5a8c-9b0a-2f7d1e4c9a10")
+
+
+def stable_uid(key: str, root: str | None = None) -> str:
+    """A UID that depends only on ``key``: ``2.25.<uuid5 as integer>`` (PS3.5 B.2) or
+    ``root.<decimal of a SHA-256 prefix>`` fitting in 64 characters (PS3.5 §9.1)."""
+    if root is None:
+        return "2.25." + str(uuid.uuid5(_NAMESPACE, key).int)
+    digits = 64 - len(root) - 1
+    n = int.from_bytes(hashlib.sha256(key.encode()).digest(), "big") % (10 ** min(digits, 38))
+    return f"{root}.{n or 1}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Getters: one closure per term
+
+
+def path_getter(p: HL7Path) -> Getter:
+    """Read ``p`` in a scope; the HL7 null ``""`` reads as empty."""
+    name, f, r = p.segment, p.field, p.repetition
+    c, s = p.component, p.subcomponent
+    if f == 0:
+        def seg_exists(scope: Scope) -> str:
+            return name if scope.has_segment(name) else ""
+        return seg_exists
+    mp = compile_path(str(p))
+    if p.occurrence is not None:
+        def explicit(scope: Scope) -> str:
+            v = scope.message.get(mp)
+            return "" if v == '""' else v
+        return explicit
+    if r == 0:
+        def every(scope: Scope) -> str:
+            segs = scope.segs
+            if name in segs:
+                seg = segs[name]
+                if seg is None:
+                    return ""
+                raw = seg.raw_field(f)
+                n = raw.count(scope.message.separators.repetition) + 1 if raw else 0
+                vals = [seg.get(f, i, c, s) for i in range(1, n + 1)]
+            else:
+                vals = scope.message.get_all(mp)
+            return "\\".join(v for v in vals if v and v != '""')
+        return every
+
+    def get(scope: Scope) -> str:
+        segs = scope.segs
+        if segs and name in segs:
+            seg = segs[name]
+            v = "" if seg is None else seg.get(f, r, c, s)
+        else:
+            v = scope.message.get(mp)
+        return "" if v == '""' else v
+    return get
+
+
+def _const(value: str) -> Getter:
+    def const(scope: Scope) -> str:
+        return value
+    return const
+
+
+def _var(name: str) -> Getter:
+    def var(scope: Scope) -> str:
+        return scope.vars.get(name, "")
+    return var
+
+
+def term_getter(t: Term) -> Getter:
+    if isinstance(t, Constant):
+        return _const(t.value)
+    if isinstance(t, Variable):
+        return _var(t.name)
+    return path_getter(t)
+
+
+def first_of(getters: list[Getter]) -> Getter:
+    """The first non-empty value of ``getters`` (specialised for one and two)."""
+    if len(getters) == 1:
+        return getters[0]
+    if len(getters) == 2:
+        a, b = getters
+
+        def either(scope: Scope) -> str:
+            return a(scope) or b(scope)
+        return either
+
+    def first(scope: Scope) -> str:
+        for g in getters:
+            v = g(scope)
+            if v:
+                return v
+        return ""
+    return first
+
+
+def expr_getter(text: str) -> Getter:
+    return first_of([term_getter(t) for t in parse_expression(text)])
+
+
+def template_getter(text: str) -> Getter:
+    parts: list[str | Getter] = []
+    for part in parse_template(text):
+        parts.append(part if isinstance(part, str) else first_of([term_getter(t) for t in part]))
+
+    def render(scope: Scope) -> str:
+        out: list[str] = []
+        filled = False
+        for p in parts:
+            if isinstance(p, str):
+                out.append(p)
+            else:
+                v = p(scope)
+                if v:
+                    filled = True
+                out.append(v)
+        return "".join(out) if filled else ""
+    return render
+
+
+def predicate(pred: Predicate) -> Callable[[Scope], bool]:
+    """Compile a predicate to ``test(scope) -> bool``."""
+    p = pred.path.strip()
+    g = path_getter(HL7Path(p) if len(p) == 3 else parse_path(p))
+    if pred.exists is not None:
+        want = pred.exists
+        return lambda scope: bool(g(scope)) is want
+    if pred.equals is not None:
+        eq = pred.equals
+        return lambda scope: g(scope) == eq
+    if pred.not_equals is not None:
+        ne = pred.not_equals
+        return lambda scope: g(scope) != ne
+    if pred.in_ is not None:
+        allowed = frozenset(pred.in_)
+        return lambda scope: g(scope) in allowed
+    assert pred.regex is not None
+    rx = re.compile(pred.regex)
+    return lambda scope: rx.search(g(scope)) is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# Compilation context
+
+
+@dataclass
+class _Ctx:
+    model: MappingFile
+    tables: dict[str, dict[str, dict[str, str]]]
+    problems: list[tuple[Loc, str]]
+    uid_key: Getter
+    kind: str
+
+
+def load_tables(model: MappingFile, base: FsPath | None, problems: list[tuple[Loc, str]]
+                ) -> dict[str, dict[str, dict[str, str]]]:
+    """Read inline and CSV tables into ``{key: {column: value}}``."""
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for name, spec in model.tables.items():
+        rows: dict[str, dict[str, str]] = {}
+        if spec.inline is not None:
+            for k, v in spec.inline.items():
+                rows[str(k)] = {"value": v} if isinstance(v, str) else {**v}
+        else:
+            assert spec.csv is not None
+            path = (base / spec.csv) if base is not None else FsPath(spec.csv)
+            try:
+                with path.open(newline="", encoding="utf-8") as fh:
+                    reader = csv.DictReader(fh)
+                    if reader.fieldnames is None or spec.key not in reader.fieldnames:
+                        problems.append((("tables", name, "key"),
+                                         f"found columns {reader.fieldnames}, expected a "
+                                         f"column {spec.key!r} in {spec.csv}"))
+                        continue
+                    for row in reader:
+                        key = (row.get(spec.key) or "").strip()
+                        rows[key] = {c: (v or "").strip() for c, v in row.items() if c}
+                        rows[key].setdefault("value", next(
+                            (v for c, v in rows[key].items() if c != spec.key), ""))
+            except OSError as exc:
+                problems.append((("tables", name, "csv"),
+                                 f"found no readable file {spec.csv!r} ({exc.strerror}), "
+                                 "expected a CSV file relative to the mapping"))
+                continue
+        out[name] = rows
+    return out
+
+
+def _lookup_getter(lk: Lookup, ctx: _Ctx, loc: Loc) -> Getter:
+    table = ctx.tables.get(lk.table)
+    if table is None:
+        if lk.table not in ctx.model.tables:
+            ctx.problems.append((loc + ("table",), f"found {lk.table!r}, expected one of the "
+                                 f"tables {sorted(ctx.model.tables)}"))
+        return _const("")
+    key = expr_getter(lk.key)
+    col = lk.column
+
+    def lookup(scope: Scope) -> str:
+        row = table.get(key(scope))
+        return "" if row is None else row.get(col, "")
+    return lookup
+
+
+def _source_getters(spec: Attribute | Source, ctx: _Ctx, loc: Loc,
+                    term_fn: Callable[[Term], Getter]) -> list[tuple[Getter, str]]:
+    """(getter, HL7 path text for fault locations) for each alternative of an attribute."""
+    out: list[tuple[Getter, str]] = []
+    if spec.from_ is not None:
+        for t in parse_expression(spec.from_):
+            out.append((term_fn(t), str(t) if isinstance(t, HL7Path) else ""))
+    if spec.lookup is not None:
+        out.append((_lookup_getter(spec.lookup, ctx, loc + ("lookup",)), ""))
+    if spec.template is not None:
+        out.append((template_getter(spec.template), ""))
+    if spec.value is not None:
+        out.append((_const(spec.value), ""))
+    if isinstance(spec, Attribute) and spec.first is not None:
+        for i, src in enumerate(spec.first):
+            out.extend(_source_getters(src, ctx, loc + ("first", i), term_fn))
+    return out
+
+
+def _erl(path_text: str) -> str:
+    if not path_text:
+        return ""
+    try:
+        return parse_path(path_text).location()
+    except ValueError:
+        return ""
+
+
+def _name_getter(t: Term, comps: tuple[int, ...]) -> Getter:
+    """XPN/XCN → PN: read each component of the field (subcomponent 1) in PN order."""
+    if not isinstance(t, HL7Path) or t.component is not None:
+        return term_getter(t)
+    getters = [path_getter(HL7Path(t.segment, t.occurrence, t.field, t.repetition or 1, c, 1))
+               for c in comps]
+
+    def pn(scope: Scope) -> str:
+        return cv.components_to_pn([g(scope) for g in getters])
+    return pn
+
+
+def _value_converter(spec: Attribute, ctx: _Ctx) -> Callable[[str], str] | None:
+    tz = ctx.model.timezone
+    if spec.convert == "da":
+        return lambda v: cv.to_da(v, tz)
+    if spec.convert == "tm":
+        return lambda v: cv.to_tm(v, tz)
+    if spec.convert == "dt":
+        return lambda v: cv.to_dt(v, tz)
+    if spec.convert == "sex":
+        table = spec.table
+        return lambda v: cv.to_sex(v, table)
+    if spec.convert == "upper":
+        return str.upper
+    return None
+
+
+def _term_fn(spec: Attribute) -> Callable[[Term], Getter]:
+    if spec.convert in ("pn", "xcn"):
+        comps = tuple(spec.components or (cv.XPN_TO_PN if spec.convert == "pn" else cv.XCN_TO_PN))
+        return lambda t: _name_getter(t, comps)
+    if spec.convert in ("da", "tm", "dt"):
+        def ts_term(t: Term) -> Getter:
+            if isinstance(t, HL7Path) and t.component is None and t.field:
+                t = HL7Path(t.segment, t.occurrence, t.field, t.repetition, 1, None)
+            return term_getter(t)
+        return ts_term
+    return term_getter
+
+
+# ----------------------------------------------------------------------------------------------
+# Attribute ops
+
+
+def _value_op(name: str, spec: Attribute, ctx: _Ctx, loc: Loc
+              ) -> tuple[Callable[[Scope, list[str]], str], str] | None:
+    """Compile the value side of an attribute: ``value(scope, warnings) -> str`` and its VR."""
+    if ctx.kind == "dicom":
+        try:
+            tag, keyword, vr = resolve_attribute(name)
+        except UnknownKeyword:
+            ctx.problems.append((loc, f"found {name!r}, expected a DICOM keyword (PS3.6) "
+                                 "or an 8-digit tag"))
+            return None
+    else:
+        keyword, vr = name, ""
+    sources = _source_getters(spec, ctx, loc, _term_fn(spec))
+    start_field = keyword in ("ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime")
+    if start_field and ctx.model.policies.missing_start_time == "message_time":
+        sources.append((_term_fn(spec)(parse_path("MSH-7")), "MSH-7"))
+    getters = [g for g, _ in sources]
+    where = [w for _, w in sources]
+    conv = _value_converter(spec, ctx)
+    default = spec.default
+    required = spec.required or (start_field and ctx.model.policies.missing_start_time == "refuse")
+    gen_uid = spec.generate_uid and ctx.model.policies.missing_study_uid == "generate"
+    if spec.generate_uid and not gen_uid:
+        required = True
+    if gen_uid and vr != "UI":
+        ctx.problems.append((loc + ("generate_uid",), f"found generate_uid on {keyword} ({vr}), "
+                             "expected it only on UI attributes"))
+    uid_key, uid_root = ctx.uid_key, ctx.model.uid_root
+    fixer = make_fixer(vr, spec.vr_policy or ctx.model.policies.vr, keyword) if vr else None
+    first_loc = _erl(next((w for w in where if w), ""))
+    label = keyword
+    n = len(getters)
+    single = getters[0] if n == 1 else None
+
+    def value(scope: Scope, warnings: list[str]) -> str:
+        i = 0
+        if single is not None:
+            v = single(scope)
+        else:
+            v = ""
+            while i < n:
+                v = getters[i](scope)
+                if v:
+                    break
+                i += 1
+        if not v:
+            if default is not None:
+                v = default
+            elif gen_uid:
+                v = stable_uid(uid_key(scope), uid_root)
+            elif required:
+                raise MappingFault(101, first_loc, f"{label}: required value missing "
+                                   f"({' | '.join(w for w in where if w) or 'no source'})")
+            else:
+                return ""
+        try:
+            if conv is not None:
+                v = conv(v)
+            if fixer is not None:
+                v, w = fixer(v)
+                if w:
+                    warnings.append(w)
+        except (cv.ConvertFault, VRFault) as exc:
+            src = where[i] if i < len(where) else ""
+            text = str(exc)
+            if not text.startswith(label):
+                text = f"{label}: {text}"
+            raise MappingFault(102, _erl(src) or first_loc, text + (f" ({src})" if src else "")
+                               ) from None
+        return v
+    return value, vr
+
+
+def compile_dicom_attr(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> Op | None:
+    if spec.items is not None:
+        try:
+            tag, keyword, vr = resolve_attribute(name)
+        except UnknownKeyword:
+            ctx.problems.append((loc, f"found {name!r}, expected a DICOM keyword (PS3.6)"))
+            return None
+        if vr != "SQ":
+            ctx.problems.append((loc + ("items",), f"found items on {keyword} ({vr}), "
+                                 "expected them only on SQ attributes"))
+            return None
+        sub = [op for k, s in spec.items.items()
+               if (op := compile_dicom_attr(k, s, ctx, loc + ("items", k))) is not None]
+        omit = spec.omit_empty
+        when = predicate(spec.when) if spec.when is not None else None
+
+        def seq_op(scope: Scope, out: dict[str, Any], warnings: list[str]) -> None:
+            if when is not None and not when(scope):
+                return
+            item: dict[str, Any] = {}
+            for op in sub:
+                op(scope, item, warnings)
+            if any("Value" in e for e in item.values()):
+                out[tag] = {"vr": "SQ", "Value": [item]}
+            elif not omit:
+                out[tag] = {"vr": "SQ"}
+        return seq_op
+    compiled = _value_op(name, spec, ctx, loc)
+    if compiled is None:
+        return None
+    value, vr = compiled
+    tag = resolve_attribute(name)[0]
+    omit = spec.omit_empty
+    when = predicate(spec.when) if spec.when is not None else None
+    empty = {"vr": vr}
+    simple = vr not in ("PN", "IS", "DS") 
+
+    def op(scope: Scope, out: dict[str, Any], warnings: list[str]) -> None:
+        if when is not None and not when(scope):
+            return
+        v = value(scope, warnings)
+        if v:
+            if simple and "\\" not in v:
+                out[tag] = {"vr": vr, "Value": [v]}
+            else:
+                out[tag] = {"vr": vr, "Value": to_json_value(vr, v)}
+        elif not omit:
+            out[tag] = dict(empty)
+    return op
+
+
+def make_ctx(model: MappingFile, base: FsPath | None) -> _Ctx:
+    problems: list[tuple[Loc, str]] = []
+    tables = load_tables(model, base, problems)
+    return _Ctx(model, tables, problems, template_getter(model.uid_key), model.kind)

@@ -113,8 +113,8 @@ class JournalSettings(_Model):
 class LoggingSettings(_Model):
     """Logging; patient data is redacted unless `show_phi` is true."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["text", "json"] = Field("text", description="text lines or JSON lines.")
     show_phi: bool = Field(False, description="Let patient data into logs (debugging only).")
 
 
@@ -122,7 +122,9 @@ class Destination(_Model):
     """An outbound destination (queued, retried deliveries come with the delivery issue)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    type: Literal["mllp", "http", "orthanc", "bus"]
+    type: Literal["mllp", "http", "orthanc", "bus"] = Field(
+        description="mllp (host, port), http (url), orthanc (url, username, password), bus (url)."
+    )
 
 
 class Settings(_Model):
@@ -142,7 +144,10 @@ class Settings(_Model):
     http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
     journal: JournalSettings = Field(default_factory=JournalSettings)  # type: ignore[arg-type]
     logging: LoggingSettings = Field(default_factory=LoggingSettings)  # type: ignore[arg-type]
-    destinations: dict[str, Destination] = Field(default_factory=dict)
+    destinations: dict[str, Destination] = Field(
+        default_factory=dict,
+        description="Named outbound destinations the routes use (none by default).",
+    )
     default_charset: str = Field("ASCII", description="Character set when MSH-18 is empty.")
     #: Where the file was read from (relative paths resolve against its folder).
     base_dir: Path = Field(Path("."), exclude=True)
@@ -277,3 +282,53 @@ def _format_errors(
         expected = error["msg"].removeprefix("Value error, ")
         messages.append(f"{where}: {key or '(top)'}: found {found_text}; {expected}")
     return "\n".join(messages)
+
+
+def settings_reference() -> str:
+    """Markdown reference of every key, its default and description (docs/CONFIGURATION.md)."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from `broker/config.py` (`python -m broker.config > docs/CONFIGURATION.md`);",
+        "a test keeps it in step with the code. Every key is optional. Environment variables",
+        "override the file: `BROKER__HTTP__PORT=9090` sets `http.port`.",
+        "",
+        "| key | default | description |",
+        "|---|---|---|",
+    ]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            if info.exclude:
+                continue
+            key = f"{prefix}{name}"
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{key}.")
+                continue
+            if info.default_factory is not None:
+                default: Any = info.default_factory()  # type: ignore[call-arg]
+                if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+                    default = [d.model_dump(exclude_none=True) for d in default]
+            else:
+                default = info.default
+            if isinstance(default, Path):
+                default = str(default)
+            if info.is_required():
+                default = "(required)"
+            if isinstance(default, list) and len(str(default)) > 60:
+                default = "one listener with the defaults below"
+            text = (info.description or "").replace("|", "\\|")
+            shown = "" if default is None else f"`{default}`"
+            out.append(f"| `{key}` | {shown} | {text} |")
+            args = getattr(annotation, "__args__", ())
+            for arg in args:
+                if isinstance(arg, type) and issubclass(arg, BaseModel) and arg is not Settings:
+                    walk(arg, f"{key}[].")
+
+    walk(Settings, "")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(settings_reference(), end="")

@@ -67,3 +67,10 @@ def test_store_url_and_tls_rules(tmp_path: Path) -> None:
         load_settings(path, environ={})
     assert "expected sqlite:///PATH or redis://" in str(info.value)
     assert "verify_client: true needs ca:" in str(info.value)
+
+
+def test_configuration_reference_is_current() -> None:
+    from broker.config import settings_reference
+
+    committed = (Path(__file__).parent.parent / "docs" / "CONFIGURATION.md").read_text()
+    assert committed == settings_reference(), "run: python -m broker.config > docs/CONFIGURATION.md"

@@ -3,6 +3,7 @@
 from broker.hl7.ack import AckCode, AckError, build_ack
 from broker.hl7.charset import CharsetError, DecodedFrame, decode_frame, encode_text
 from broker.hl7.client import MllpClient
+from broker.hl7.escape import escape, unescape
 from broker.hl7.header import Header, HeaderError, parse_header
 from broker.hl7.listener import FrameHandler, ListenerSettings, MllpListener
 from broker.hl7.message import HL7ParseError, Message, Path, Segment, Separators, compile_path
@@ -31,6 +32,8 @@ __all__ = [
     "compile_path",
     "decode_frame",
     "encode_text",
+    "escape",
     "frame",
     "parse_header",
+    "unescape",
 ]

@@ -351,7 +351,7 @@ def _separators(text: str) -> Separators:
 class Message:
     """A parsed-on-demand HL7 v2 message (see the module docstring for path semantics)."""
 
-    __slots__ = ("_charset", "_cs", "_esc", "_fields", "_fs", "_index", "_rs", "_ss",
+    __slots__ = ("_charset", "_cs", "_esc", "_fields", "_fs", "_names", "_rs", "_segs", "_ss",
                  "separators", "text")
 
     text: str
@@ -362,7 +362,8 @@ class Message:
     _esc: str
     _ss: str
     _fields: dict[str, list[str]]  # Path._key -> the segment's fields, split on first use
-    _index: list[tuple[str, str]] | None  # (name, segment text) in order, built on demand
+    _segs: list[str] | None  # the text split at CR, on first access
+    _names: list[str]  # s[:3] of each of _segs
     _charset: str | None
 
     @classmethod
@@ -381,7 +382,7 @@ class Message:
         self.separators = seps
         self._fs, self._cs, self._rs, self._esc, self._ss = seps
         self._fields = {}
-        self._index = None
+        self._segs = None
         self._charset = None
         return self
 
@@ -390,56 +391,57 @@ class Message:
 
     # -- segments ---------------------------------------------------------------------------
 
-    def _segment_texts(self) -> list[tuple[str, str]]:
-        index = self._index
-        if index is None:
-            fs = self._fs
-            index = self._index = [
-                (_segment_name(s, fs), s) for s in self.text.split("\r") if s and not s.isspace()
-            ]
-        return index
+    def _split_segments(self) -> list[str]:
+        """Split the text into segments and index their names, once per message."""
+        segs = self._segs = self.text.split("\r")
+        # Segment IDs are three characters (HL7 v2.5.1 §2.5.1); s[:3] is checked against the
+        # field separator when a segment is picked, so a malformed "PIDX|" is never read as PID.
+        self._names = [s[:3] for s in segs]
+        return segs
+
+    def _named(self, name: str) -> list[str]:
+        """The texts of every segment whose ID is exactly ``name``, in order."""
+        fs = self._fs
+        segs = self._segs if self._segs is not None else self._split_segments()
+        return [s for s in segs if _segment_name(s, fs) == name]
 
     def _locate(self, path: Path) -> list[str]:
         """Split and cache the fields of the segment ``path`` names; [] when there is none."""
-        fields: list[str]
-        text = self.text
-        if path._key == "MSH":
-            end = text.find("\r")
-            fields = (text[:end] if end >= 0 else text).split(self._fs)
-        elif path.segment_occurrence == 1:
-            find = text.find
-            key = path._find
-            start = find(key) + 1
-            if start:
-                # "\rPID" must be followed by the field separator or end the segment: a
-                # segment named "PIDX" is not a PID.
-                fs = self._fs
-                after = text[start + 3 : start + 4]
-                while after != fs and after != "\r" and after:
-                    start = find(key, start) + 1
-                    if not start:
-                        break
-                    after = text[start + 3 : start + 4]
-            if start:
-                end = find("\r", start)
-                fields = (text[start:end] if end >= 0 else text[start:]).split(self._fs)
+        segs = self._segs
+        if segs is None:
+            segs = self._split_segments()
+        fields: list[str] = []
+        if path.segment_occurrence == 1:
+            try:
+                seg = segs[self._names.index(path.segment)]
+            except ValueError:
+                pass
             else:
-                fields = []
+                after = seg[3:4]
+                if after == self._fs or not after:
+                    fields = seg.split(self._fs)
+                else:
+                    found = self._named(path.segment)
+                    if found:
+                        fields = found[0].split(self._fs)
         else:
-            occurrences = [s for n, s in self._segment_texts() if n == path.segment]
+            found = self._named(path.segment)
             n = path.segment_occurrence
-            fields = occurrences[n - 1].split(self._fs) if n <= len(occurrences) else []
+            if n <= len(found):
+                fields = found[n - 1].split(self._fs)
         self._fields[path._key] = fields
         return fields
 
     def segment_names(self) -> list[str]:
-        """The segment IDs in message order."""
-        return [name for name, _ in self._segment_texts()]
+        """The segment IDs in message order (empty and blank segments are skipped)."""
+        fs = self._fs
+        segs = self._segs if self._segs is not None else self._split_segments()
+        return [_segment_name(s, fs) for s in segs if s and not s.isspace()]
 
     def segments(self, name: str) -> list[Segment]:
         """Every segment named ``name``, in order (empty list when none)."""
         seps, charset = self.separators, self.charset
-        return [Segment(s, seps, charset) for n, s in self._segment_texts() if n == name]
+        return [Segment(s, seps, charset) for s in self._named(name)]
 
     def segment(self, name: str, occurrence: int = 1) -> Segment | None:
         """The ``occurrence``-th segment named ``name`` (1-based), or None."""

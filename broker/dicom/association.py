@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pydicom import Dataset
@@ -45,8 +46,29 @@ class Limits:
     idle_timeout: float
 
 
+@dataclass(slots=True)
+class _FindState:
+    """A C-FIND answer in progress, handed from the reader to the worker after one batch."""
+
+    context: AcceptedContext
+    message: dimse.Message
+    batches: Iterator[list[bytes]]
+    batch: list[bytes] | None
+    encoder: pdu.ResponseEncoder
+    sent: int = 0
+
+
+_WorkItem = dimse.Message | _FindState | None
+
+
 class Association:
-    """Serves one association after the A-ASSOCIATE-AC has been sent."""
+    """Serves one association after the A-ASSOCIATE-AC has been sent.
+
+    A request that finds the worker idle is answered by the reader itself (no task switch on
+    the hot path); a C-FIND with more than one batch goes on in the worker after its first
+    batch, so the reader can take a C-CANCEL-RQ. Timeouts are one watchdog timer, not a
+    timeout context per read (three of those cost ~15 % of a small query here).
+    """
 
     def __init__(
         self,
@@ -64,53 +86,54 @@ class Association:
         self.limits = limits
         self.peer = peer
         self.calling_ae = accepted.calling_ae
+        self._loop = asyncio.get_running_loop()
         self._assembler = dimse.MessageAssembler(limits.max_message)
-        self._queue: asyncio.Queue[dimse.Message | None] = asyncio.Queue(MAX_QUEUED_REQUESTS)
+        self._queue: asyncio.Queue[_WorkItem] = asyncio.Queue(MAX_QUEUED_REQUESTS)
+        self._worker_busy = False
         self._finds: set[int] = set()  # message IDs of C-FINDs queued or running
         self._cancels: set[int] = set()  # ... of those a C-CANCEL-RQ asked to stop
-        self._closing = False
+        self._last_activity = self._loop.time()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._timed_out = False
 
     # -- reader ----------------------------------------------------------------------------
 
     async def serve(self) -> None:
         """Serve until release, abort, timeout or close; never raises for peer misbehaviour."""
         worker = asyncio.create_task(self._work(), name=f"dimse {self.peer}")
+        self._arm_watchdog()
         try:
             await self._read_loop(worker)
-        except pdu.PDUError as exc:
+        except (pdu.PDUError, dimse.DimseError) as exc:
             log.warning("aborting association from %s (%s): %s", self.calling_ae, self.peer, exc)
-            self._abort(exc.reason)
-        except dimse.DimseError as exc:
-            log.warning("aborting association from %s (%s): %s", self.calling_ae, self.peer, exc)
-            self._abort(pdu.REASON_INVALID_PARAMETER)
+            reason = exc.reason if isinstance(exc, pdu.PDUError) else pdu.REASON_INVALID_PARAMETER
+            self._abort(reason)
         except TimeoutError:
-            log.info(
-                "association from %s (%s) idle or stalled: aborted", self.calling_ae, self.peer
-            )
+            log.info("association from %s (%s) stalled: aborted", self.calling_ae, self.peer)
             self._abort(pdu.REASON_NOT_SPECIFIED)
         except (asyncio.IncompleteReadError, ConnectionError):
-            log.info(
-                "association from %s (%s): connection closed by peer", self.calling_ae, self.peer
-            )
+            if not self._timed_out:
+                log.info("association from %s (%s) closed by peer", self.calling_ae, self.peer)
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             if not worker.done():
                 worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
             self._close()
 
     async def _read_loop(self, worker: asyncio.Task[None]) -> None:
-        limits = self.limits
+        max_pdu, reader, loop = self.limits.max_pdu, self.reader, self._loop
         while True:
-            timeout = limits.dimse_timeout if self._assembler.in_progress else limits.idle_timeout
-            async with asyncio.timeout(timeout or None):
-                pdu_type, body = await pdu.read_pdu(self.reader, max_pdata=limits.max_pdu)
+            pdu_type, body = await pdu.read_pdu(reader, max_pdata=max_pdu)
+            self._last_activity = loop.time()
             if pdu_type == pdu.P_DATA_TF:
                 for message in self._assembler.feed(body):
                     await self._dispatch(message)
             elif pdu_type == pdu.A_RELEASE_RQ:
                 # PS3.8 9.3.6: answer once the outstanding operations are done.
                 await self._queue.put(None)
-                async with asyncio.timeout(limits.dimse_timeout or None):
+                async with asyncio.timeout(self.limits.dimse_timeout or None):
                     await asyncio.shield(worker)
                 self.writer.write(pdu.RELEASE_RP)
                 log.info("association from %s (%s) released", self.calling_ae, self.peer)
@@ -126,7 +149,8 @@ class Association:
                 )
 
     async def _dispatch(self, message: dimse.Message) -> None:
-        if message.context_id not in self.accepted.contexts:
+        context = self.accepted.contexts.get(message.context_id)
+        if context is None:
             raise pdu.PDUError(f"presentation context {message.context_id} was not accepted")
         command = message.command
         if command.command_field == dimse.C_CANCEL_RQ:
@@ -135,19 +159,57 @@ class Association:
             return
         if command.command_field == dimse.C_FIND_RQ:
             self._finds.add(command.message_id)
-        await self._queue.put(message)
+        if self._worker_busy or not self._queue.empty():
+            await self._queue.put(message)  # answered in order, after the running request
+            return
+        rest = await self._answer(context, message, inline=True)
+        if rest is None:
+            self._done(message)
+        else:
+            self._queue.put_nowait(rest)
+
+    # -- idle and stall watchdog -----------------------------------------------------------
+
+    def _arm_watchdog(self) -> None:
+        periods = [t for t in (self.limits.idle_timeout, self.limits.dimse_timeout) if t]
+        if periods:
+            self._watchdog = self._loop.call_later(min(periods), self._check_idle)
+
+    def _check_idle(self) -> None:
+        limits = self.limits
+        timeout = limits.dimse_timeout if self._assembler.in_progress else limits.idle_timeout
+        busy = self._worker_busy or not self._queue.empty()
+        if timeout and not busy and self._loop.time() - self._last_activity >= timeout:
+            # ARTIM-like expiry in Sta6 (PS3.8 9.1.5): A-ABORT, then close.
+            log.info(
+                "association from %s (%s) idle for %.0f s: aborted",
+                self.calling_ae,
+                self.peer,
+                timeout,
+            )
+            self._timed_out = True
+            self.abort()
+            return
+        self._arm_watchdog()
 
     # -- worker ----------------------------------------------------------------------------
 
     async def _work(self) -> None:
         try:
-            while (message := await self._queue.get()) is not None:
-                context = self.accepted.contexts[message.context_id]
+            while (item := await self._queue.get()) is not None:
+                self._worker_busy = True
+                message = item.message if isinstance(item, _FindState) else item
                 try:
-                    await self._answer(context, message)
+                    if isinstance(item, _FindState):
+                        await self._stream(item, inline=False)
+                    else:
+                        await self._answer(
+                            self.accepted.contexts[item.context_id], item, inline=False
+                        )
                 finally:
-                    self._finds.discard(message.command.message_id)
-                    self._cancels.discard(message.command.message_id)
+                    self._done(message)
+                    self._worker_busy = False
+                    self._last_activity = self._loop.time()
         except Exception as exc:  # a stalled peer (drain timeout) or a lost connection
             log.info(
                 "association from %s (%s) stopped: %s",
@@ -157,7 +219,14 @@ class Association:
             )
             self.abort()  # the reader then sees the connection closed
 
-    async def _answer(self, context: AcceptedContext, message: dimse.Message) -> None:
+    def _done(self, message: dimse.Message) -> None:
+        self._finds.discard(message.command.message_id)
+        self._cancels.discard(message.command.message_id)
+
+    async def _answer(
+        self, context: AcceptedContext, message: dimse.Message, *, inline: bool
+    ) -> _FindState | None:
+        """Answer ``message``; return the rest of a C-FIND answer when ``inline`` hands it off."""
         command = message.command
         field = command.command_field
         if field not in SERVICE_COMMANDS[context.service]:
@@ -181,11 +250,12 @@ class Association:
                 "SOP class differs from the presentation context",
             )
         elif field == dimse.C_FIND_RQ:
-            await self._find(context, message)
+            return await self._find(context, message, inline)
         elif field == dimse.C_ECHO_RQ:
             await self._reply_status(context, message, status.SUCCESS)
         else:
             await self._mpps(context, message)
+        return None
 
     async def _reply_status(
         self,
@@ -211,14 +281,15 @@ class Association:
         )
         await self._drain()
 
-    async def _find(self, context: AcceptedContext, message: dimse.Message) -> None:
+    async def _find(
+        self, context: AcceptedContext, message: dimse.Message, inline: bool
+    ) -> _FindState | None:
         """Answer a Modality Worklist C-FIND (PS3.4 K.4.1.2; RAD-5): one PDU per response."""
-        message_id = message.command.message_id
         if message.dataset is None:
             await self._reply_status(
                 context, message, status.IDENTIFIER_DOES_NOT_MATCH, "C-FIND-RQ without identifier"
             )
-            return
+            return None
         if log.isEnabledFor(logging.DEBUG):
             log.debug("C-FIND from %s: identifier %s", self.calling_ae, logs.phi(message.dataset))
         try:
@@ -228,48 +299,62 @@ class Association:
             batch = next(batches, None)
         except Exception as exc:
             await self._find_failed(context, message, exc)
-            return
+            return None
         pending = dimse.response_template(
             dimse.C_FIND_RSP, context.sop_class_uid, status.PENDING, True
-        ).render(message_id)
-        encode = pdu.ResponseEncoder(context.context_id, pending, self.accepted.peer_max_pdu)
-        sent = 0
+        ).render(message.command.message_id)
+        encoder = pdu.ResponseEncoder(context.context_id, pending, self.accepted.peer_max_pdu)
+        return await self._stream(_FindState(context, message, batches, batch, encoder), inline)
+
+    async def _stream(self, state: _FindState, inline: bool) -> _FindState | None:
+        """Send batches until the end, a C-CANCEL or a failure; when ``inline``, return the
+        state after the first of several batches so that the worker goes on with it."""
+        context, message, batches = state.context, state.message, state.batches
+        message_id = message.command.message_id
+        handed_off = False
         try:
-            while batch is not None:
+            while state.batch is not None:
                 if message_id in self._cancels:
-                    log.info("C-FIND from %s cancelled after %d matches", self.calling_ae, sent)
+                    log.info(
+                        "C-FIND from %s cancelled after %d matches", self.calling_ae, state.sent
+                    )
                     await self._reply_status(context, message, status.CANCEL)
-                    return
+                    return None
+                if self.writer.is_closing():
+                    return None
                 # Look ahead one batch, so the last batch and the final response share a write.
                 try:
                     following = next(batches, None)
                 except Exception as exc:
-                    self.writer.write(encode.join(batch))
+                    self.writer.write(state.encoder.join(state.batch))
                     await self._find_failed(context, message, exc)
-                    return
-                sent += len(batch)
+                    return None
+                state.sent += len(state.batch)
                 if following is None:
-                    final = dimse.response_template(
-                        dimse.C_FIND_RSP, context.sop_class_uid, status.SUCCESS, False
-                    ).render(message_id)
-                    self.writer.write(encode.join(batch, final))
+                    self.writer.write(state.encoder.join(state.batch, self._final(state)))
                     await self._drain()
-                    return
-                self.writer.write(encode.join(batch))
+                    return None
+                self.writer.write(state.encoder.join(state.batch))
+                state.batch = following
                 await self._drain()
+                if inline:
+                    handed_off = True
+                    return state
                 await asyncio.sleep(0)  # let the reader see a C-CANCEL-RQ between batches
-                batch = following
+            self.writer.write(state.encoder.join([], self._final(state)))
+            await self._drain()
+            return None
         finally:
-            close = getattr(batches, "close", None)  # a generator: run its cleanup now
-            if close is not None:
-                close()
-        final = dimse.response_template(
-            dimse.C_FIND_RSP, context.sop_class_uid, status.SUCCESS, False
-        ).render(message_id)
-        self.writer.write(
-            pdu.encode_p_data(context.context_id, final, None, self.accepted.peer_max_pdu)
-        )
-        await self._drain()
+            if not handed_off:
+                close = getattr(batches, "close", None)  # a generator: run its cleanup now
+                if close is not None:
+                    close()
+
+    @staticmethod
+    def _final(state: _FindState) -> bytes:
+        return dimse.response_template(
+            dimse.C_FIND_RSP, state.context.sop_class_uid, status.SUCCESS, False
+        ).render(state.message.command.message_id)
 
     async def _find_failed(
         self, context: AcceptedContext, message: dimse.Message, exc: Exception
@@ -336,9 +421,11 @@ class Association:
     # -- transport -------------------------------------------------------------------------
 
     async def _drain(self) -> None:
-        # A peer that stops reading must not hold the worker forever.
-        async with asyncio.timeout(self.limits.dimse_timeout or None):
-            await self.writer.drain()
+        # Only when bytes are queued (the peer reads slower than we write); a peer that stops
+        # reading must not hold the worker forever.
+        if self.writer.transport.get_write_buffer_size():
+            async with asyncio.timeout(self.limits.dimse_timeout or None):
+                await self.writer.drain()
 
     def _abort(self, reason: int) -> None:
         if not self.writer.is_closing():

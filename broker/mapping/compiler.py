@@ -95,14 +95,23 @@ def path_getter(p: HL7Path) -> Getter:
             return "\\".join(v for v in vals if v and v != '""')
         return every
 
+    key = str(p)
+
     def get(scope: Scope) -> str:
+        cache = scope.cache
+        v = cache.get(key)
+        if v is not None:
+            return v
         segs = scope.segs
         if segs and name in segs:
             seg = segs[name]
             v = "" if seg is None else seg.get(f, r, c, s)
         else:
             v = scope.message.get(mp)
-        return "" if v == '""' else v
+        if v == '""':
+            v = ""
+        cache[key] = v
+        return v
     return get
 
 
@@ -242,7 +251,7 @@ def _lookup_getter(lk: Lookup, ctx: _Ctx, loc: Loc) -> Getter:
     table = ctx.tables.get(lk.table)
     if table is None:
         if lk.table not in ctx.model.tables:
-            ctx.problems.append((loc + ("table",), f"found {lk.table!r}, expected one of the "
+            ctx.problems.append(((*loc, "table"), f"found {lk.table!r}, expected one of the "
                                  f"tables {sorted(ctx.model.tables)}"))
         return _const("")
     key = expr_getter(lk.key)
@@ -262,14 +271,14 @@ def _source_getters(spec: Attribute | Source, ctx: _Ctx, loc: Loc,
         for t in parse_expression(spec.from_):
             out.append((term_fn(t), str(t) if isinstance(t, HL7Path) else ""))
     if spec.lookup is not None:
-        out.append((_lookup_getter(spec.lookup, ctx, loc + ("lookup",)), ""))
+        out.append((_lookup_getter(spec.lookup, ctx, (*loc, "lookup")), ""))
     if spec.template is not None:
         out.append((template_getter(spec.template), ""))
     if spec.value is not None:
         out.append((_const(spec.value), ""))
     if isinstance(spec, Attribute) and spec.first is not None:
         for i, src in enumerate(spec.first):
-            out.extend(_source_getters(src, ctx, loc + ("first", i), term_fn))
+            out.extend(_source_getters(src, ctx, (*loc, "first", i), term_fn))
     return out
 
 
@@ -288,9 +297,22 @@ def _name_getter(t: Term, comps: tuple[int, ...]) -> Getter:
         return term_getter(t)
     getters = [path_getter(HL7Path(t.segment, t.occurrence, t.field, t.repetition or 1, c, 1))
                for c in comps]
+    whole = path_getter(HL7Path(t.segment, t.occurrence, t.field, t.repetition or 1))
+    idx = [c - 1 for c in comps]
 
     def pn(scope: Scope) -> str:
-        return cv.components_to_pn([g(scope) for g in getters])
+        # One read of the field, split here; per-component reads only when escapes need
+        # resolving (Message.get returns a field holding separators raw, escapes unresolved).
+        raw = whole(scope)
+        if not raw:
+            return ""
+        seps = scope.message.separators
+        if seps.escape in raw:
+            return cv.components_to_pn([g(scope) for g in getters])
+        parts = raw.split(seps.component)
+        n = len(parts)
+        ss = seps.subcomponent
+        return "^".join((parts[i].split(ss, 1)[0] if i < n else "") for i in idx).rstrip("^")
     return pn
 
 
@@ -332,7 +354,7 @@ def _value_op(name: str, spec: Attribute, ctx: _Ctx, loc: Loc
     """Compile the value side of an attribute: ``value(scope, warnings) -> str`` and its VR."""
     if ctx.kind == "dicom":
         try:
-            tag, keyword, vr = resolve_attribute(name)
+            _tag, keyword, vr = resolve_attribute(name)
         except UnknownKeyword:
             ctx.problems.append((loc, f"found {name!r}, expected a DICOM keyword (PS3.6) "
                                  "or an 8-digit tag"))
@@ -352,7 +374,7 @@ def _value_op(name: str, spec: Attribute, ctx: _Ctx, loc: Loc
     if spec.generate_uid and not gen_uid:
         required = True
     if gen_uid and vr != "UI":
-        ctx.problems.append((loc + ("generate_uid",), f"found generate_uid on {keyword} ({vr}), "
+        ctx.problems.append(((*loc, "generate_uid"), f"found generate_uid on {keyword} ({vr}), "
                              "expected it only on UI attributes"))
     uid_key, uid_root = ctx.uid_key, ctx.model.uid_root
     fixer = make_fixer(vr, spec.vr_policy or ctx.model.policies.vr, keyword) if vr else None
@@ -408,11 +430,11 @@ def compile_dicom_attr(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> Op | 
             ctx.problems.append((loc, f"found {name!r}, expected a DICOM keyword (PS3.6)"))
             return None
         if vr != "SQ":
-            ctx.problems.append((loc + ("items",), f"found items on {keyword} ({vr}), "
+            ctx.problems.append(((*loc, "items"), f"found items on {keyword} ({vr}), "
                                  "expected them only on SQ attributes"))
             return None
         sub = [op for k, s in spec.items.items()
-               if (op := compile_dicom_attr(k, s, ctx, loc + ("items", k))) is not None]
+               if (op := compile_dicom_attr(k, s, ctx, (*loc, "items", k))) is not None]
         omit = spec.omit_empty
         when = predicate(spec.when) if spec.when is not None else None
 
@@ -435,9 +457,9 @@ def compile_dicom_attr(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> Op | 
     omit = spec.omit_empty
     when = predicate(spec.when) if spec.when is not None else None
     empty = {"vr": vr}
-    simple = vr not in ("PN", "IS", "DS") 
+    simple = vr not in ("PN", "IS", "DS")
 
-    def op(scope: Scope, out: dict[str, Any], warnings: list[str]) -> None:
+    def attr_op(scope: Scope, out: dict[str, Any], warnings: list[str]) -> None:
         if when is not None and not when(scope):
             return
         v = value(scope, warnings)
@@ -448,7 +470,7 @@ def compile_dicom_attr(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> Op | 
                 out[tag] = {"vr": vr, "Value": to_json_value(vr, v)}
         elif not omit:
             out[tag] = dict(empty)
-    return op
+    return attr_op
 
 
 def make_ctx(model: MappingFile, base: FsPath | None) -> _Ctx:

@@ -49,7 +49,7 @@ class TimeStamp:
 
 
 def parse_ts(value: str, timezone: str | None = None) -> TimeStamp:
-    """Parse the first component of a TS (``^``/``&`` cut); shift to ``timezone`` if it has an offset.
+    """Parse the first component of a TS (cut at ``^``/``&``); shift it to ``timezone``.
 
     Raises ConvertFault for an impossible date or time (month 13, 30 February, 25:00).
     """
@@ -142,7 +142,8 @@ def to_sex(value: str, table: dict[str, str] | None = None) -> str:
     try:
         return t[value.strip().upper()]
     except KeyError:
-        raise ConvertFault("found a code not in HL7 table 0001, expected M, F, O, U, A or N") from None
+        raise ConvertFault(
+            "found a code not in HL7 table 0001, expected M, F, O, U, A or N") from None
 
 
 def components_to_pn(parts: Sequence[str]) -> str:

@@ -1,4 +1,6 @@
-"""The mapping file model (``mappings/*.yaml``), validated with pydantic; see docs/ROUTES_AND_MAPPINGS.md.
+"""The mapping file model (``mappings/*.yaml``), validated with pydantic.
+
+The language is described in docs/ROUTES_AND_MAPPINGS.md.
 
 Field descriptions feed the JSON Schema (docs/schemas/mapping.schema.json) that editors use.
 Expressions are checked for syntax here; references (tables, DICOM keywords) when compiled.
@@ -9,8 +11,15 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.json_schema import GetJsonSchemaHandler, JsonSchemaValue
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from broker.mapping.paths import parse_expression, parse_path
@@ -227,7 +236,8 @@ class MappingFile(_Model):
     name: str = Field(description="name routes use to refer to this mapping")
     kind: Literal["dicom", "hl7"] = Field("dicom", description="output: DICOM item or HL7 message")
     description: str | None = None
-    each: str | None = Field(None, description="dicom: one item per segment of this name (OBR, IPC)")
+    each: str | None = Field(
+        None, description="dicom: one item per segment of this name (OBR, IPC)")
     split: str | None = Field("ORC", description="segment that starts an order group")
     timezone: str | None = Field(None, description=(
         "IANA zone of the worklist; TS values with an offset are shifted to it for DA/TM"))
@@ -243,7 +253,7 @@ class MappingFile(_Model):
     uid_key: str = Field("{$order_key}^{OBR-19 | IPC-2 | $step_index}", description=(
         "template hashed into a generated StudyInstanceUID; stable for the same order and "
         "requested procedure"))
-    policies: Policies = Field(default_factory=Policies)
+    policies: Policies = Field(default_factory=lambda: Policies.model_validate({}))
     tables: dict[str, TableSpec] = Field(default_factory=dict)
     attributes: dict[str, Attribute] = Field(default_factory=dict, description=(
         "dicom: keyword or tag → attribute; hl7: output path (e.g. ORC-1) → attribute"))
@@ -273,6 +283,7 @@ class MappingFile(_Model):
     @field_validator("uid_root")
     @classmethod
     def _root(cls, v: str | None) -> str | None:
-        if v is not None and (not re.fullmatch(r"[1-9][0-9]*(\.(0|[1-9][0-9]*))*", v) or len(v) > 40):
+        ok = v is None or (re.fullmatch(r"[1-9][0-9]*(\.(0|[1-9][0-9]*))*", v) and len(v) <= 40)
+        if not ok:
             raise ValueError(f"found {v!r}, expected a UID root of digits and dots, at most 40")
         return v

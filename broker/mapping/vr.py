@@ -31,7 +31,10 @@ _CS_OK = re.compile(r"^[A-Z0-9 _]*$")
 _UI_OK = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _DA_OK = re.compile(r"^[0-9]{8}$")
 _TM_OK = re.compile(r"^([01][0-9]|2[0-3])([0-5][0-9]([0-5][0-9](\.[0-9]{1,6})?)?)?$")
-_DT_OK = re.compile(r"^[0-9]{4}([0-9]{2}([0-9]{2}([0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?)?)?)?([+-][0-9]{4})?$")
+_DT_OK = re.compile(
+    r"^[0-9]{4}([0-9]{2}([0-9]{2}([0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?)?)?)?"
+    r"([+-][0-9]{4})?$"
+)
 
 
 class VRFault(ValueError):
@@ -43,12 +46,9 @@ class UnknownKeyword(KeyError):
 
 
 def resolve_attribute(name: str) -> tuple[str, str, str]:
-    """``PatientName`` or ``00100010`` → (tag hex ``00100010``, keyword, VR); raises UnknownKeyword."""
+    """``PatientName`` or ``00100010`` → (tag ``00100010``, keyword, VR); raises UnknownKeyword."""
     tag: int | None
-    if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
-        tag = int(name, 16)
-    else:
-        tag = tag_for_keyword(name)
+    tag = int(name, 16) if re.fullmatch(r"[0-9A-Fa-f]{8}", name) else tag_for_keyword(name)
     if tag is None:
         raise UnknownKeyword(name)
     try:
@@ -70,8 +70,8 @@ def make_fixer(vr: str, policy: VRPolicy, label: str) -> Callable[[str], tuple[s
     if vr == "UI":
         def fix_ui(v: str) -> tuple[str, str]:
             if len(v) > 64 or not _UI_OK.match(v):
-                raise VRFault(f"{label}: found a value that is not a UID, expected digits and dots, "
-                              "at most 64 characters (PS3.5 §9.1)")
+                raise VRFault(f"{label}: found a value that is not a UID, expected digits and "
+                              "dots, at most 64 characters (PS3.5 §9.1)")
             return v, ""
         return fix_ui
 
@@ -108,10 +108,7 @@ def make_fixer(vr: str, policy: VRPolicy, label: str) -> Callable[[str], tuple[s
         if not truncate:
             raise VRFault(f"{label}: found {len(v)} characters or characters not allowed, "
                           f"expected {vr} of at most {limit} (PS3.5 Table 6.2-1)")
-        if vr == "CS":
-            v = re.sub(r"[^A-Z0-9 _]", "_", v)
-        else:
-            v = bad.sub(" ", v)
+        v = re.sub(r"[^A-Z0-9 _]", "_", v) if vr == "CS" else bad.sub(" ", v)
         return v[:limit], f"{label}: value truncated or repaired to fit {vr} (max {limit})"
     return fix
 

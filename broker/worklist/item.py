@@ -154,8 +154,13 @@ def sequence_items(item: DicomJson, tag: int) -> list[DicomJson]:
     return [v for v in values if isinstance(v, dict)]
 
 
+_NOT_TEXT = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT"}
+)
+
+
 def iter_text(item: DicomJson) -> Iterator[tuple[str, str]]:
-    """Every (VR, text) of charset-affected elements, sequences included."""
+    """Every (VR, text) of the item's string elements, sequences included."""
     for elem in item.values():
         if not isinstance(elem, dict):
             continue
@@ -164,7 +169,7 @@ def iter_text(item: DicomJson) -> Iterator[tuple[str, str]]:
             for sub in elem.get("Value") or []:
                 if isinstance(sub, dict):
                     yield from iter_text(sub)
-        elif vr in CHARSET_VRS:
+        elif vr not in _NOT_TEXT:
             for text in text_values(elem):
                 yield str(vr), text
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from broker.worklist import item as wi
 from broker.worklist.item import DicomJson
@@ -53,8 +54,7 @@ class InvalidKey(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Key:
+class Key(NamedTuple):
     """One key of a request identifier.
 
     ``value`` is the decoded text (backslash-separated when multi-valued; None for SQ);
@@ -64,7 +64,7 @@ class Key:
     tag: int
     vr: str
     value: str | None = None
-    items: tuple[tuple[Key, ...], ...] = ()
+    items: tuple[tuple["Key", ...], ...] = ()
 
 
 # -- predicates ------------------------------------------------------------------------------
@@ -80,8 +80,15 @@ class Predicate:
     tag: int
     kind: str
     test: Callable[[DicomJson], bool]
-    path: str
+    where: tuple[int, ...]  # enclosing sequence tags, outermost first
     sub: tuple[Predicate, ...] = field(default_factory=tuple)
+    paired: int = 0  # the time tag matched together with this date tag
+
+    @property
+    def path(self) -> str:
+        """The key's attribute path, e.g. 'ScheduledProcedureStepSequence.Modality'."""
+        name = _tag_name(self.tag) + (f"+{_tag_name(self.paired)}" if self.paired else "")
+        return ".".join([*(_tag_name(t) for t in self.where), name])
 
     def describe(self) -> str:
         """The key as an analyst reads it, without values (which may be PHI)."""
@@ -201,14 +208,14 @@ def _in_range(value: str, lo: str | None, hi: str | None) -> bool:
     return (lo is None or value >= lo) and (hi is None or value <= hi)
 
 
-def _compile_key(key: Key, prefix: str) -> Predicate | None:
+def _compile_key(key: Key, where: tuple[int, ...]) -> Predicate | None:
     """One key as a predicate, or None for Universal Matching."""
     tag, vr = key.tag, key.vr
-    path = prefix + _tag_name(tag)
+    path = where
     if vr == "SQ":
         if not key.items:
             return None
-        sub = _compile_level(key.items[0], path + ".")
+        sub = _compile_level(key.items[0], (*where, tag))
         if not sub:
             return None
 
@@ -280,7 +287,7 @@ def combined_bounds(date_text: str, time_text: str) -> tuple[str | None, str | N
     return lo, hi
 
 
-def _compile_level(keys: Sequence[Key], prefix: str) -> list[Predicate]:
+def _compile_level(keys: Sequence[Key], where: tuple[int, ...]) -> list[Predicate]:
     by_tag = {k.tag: k for k in keys}
     skip: set[int] = set()
     out: list[Predicate] = []
@@ -301,18 +308,11 @@ def _compile_level(keys: Sequence[Key], prefix: str) -> list[Predicate]:
             time = wi.first_text(ds, tt)
             return _in_range(date + (wi.tm_canonical(time) if time else "000000.000000"), lo, hi)
 
-        out.append(
-            Predicate(
-                date_tag,
-                "combined datetime range",
-                test_dt,
-                prefix + _tag_name(date_tag) + "+" + _tag_name(time_tag),
-            )
-        )
+        out.append(Predicate(date_tag, "combined datetime range", test_dt, where, (), time_tag))
     for key in keys:
         if key.tag in skip or key.tag == wi.SPECIFIC_CHARACTER_SET:
             continue  # Specific Character Set is never matched (C.2.2.2)
-        pred = _compile_key(key, prefix)
+        pred = _compile_key(key, where)
         if pred is not None:
             out.append(pred)
     return out
@@ -348,4 +348,4 @@ class Matcher:
 
 def compile_keys(keys: Sequence[Key]) -> Matcher:
     """Compile a request's keys; raises :class:`InvalidKey` for a value invalid for its VR."""
-    return Matcher(tuple(_compile_level(keys, "")))
+    return Matcher(tuple(_compile_level(keys, ())))

@@ -1,0 +1,167 @@
+"""Compiled mappings: :class:`DicomMapping` (HL7 order → MWL items) and :class:`HL7Mapping`.
+
+``compile_mapping(model, base_dir)`` is called once per load; the objects it returns hold only
+closures and are safe to share between threads (they keep no per-message state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import TYPE_CHECKING, Any
+
+from broker.mapping.compiler import (
+    CompileError,
+    Getter,
+    MappingFault,
+    Op,
+    _Ctx,
+    _value_op,
+    compile_dicom_attr,
+    expr_getter,
+    make_ctx,
+    template_getter,
+)
+from broker.mapping.hl7out import OutMessage
+from broker.mapping.models import MappingFile
+from broker.mapping.paths import ExpressionError, parse_expression, parse_path
+from broker.mapping.scope import Scope, step_scopes
+
+if TYPE_CHECKING:
+    from broker.hl7.message import Message
+
+
+@dataclass
+class MappedItems:
+    """What a DICOM mapping made of one message: per step its scope, keys and item."""
+
+    scopes: list[Scope]
+    items: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class DicomMapping:
+    """HL7 → DICOM JSON worklist items; one item per ``each`` segment (or one per message)."""
+
+    kind = "dicom"
+
+    def __init__(self, model: MappingFile, ctx: _Ctx) -> None:
+        self.name = model.name
+        self.model = model
+        self.each = model.each
+        self.split = model.split
+        self._number = expr_getter(model.order_number)
+        self._number_loc = _first_location(model.order_number)
+        self._order_key = template_getter(model.order_key)
+        self._patient_key = template_getter(model.patient_key)
+        self._ops: list[Op] = [
+            op for k, spec in model.attributes.items()
+            if (op := compile_dicom_attr(k, spec, ctx, ("attributes", k))) is not None
+        ]
+
+    def scopes(self, message: Message, variables: dict[str, str] | None = None) -> list[Scope]:
+        """One scope per step with ``$order_number``, ``$order_key``, ``$patient_key``,
+        ``$step_index`` set. Raises MappingFault (101) when there is no step or no order number."""
+        base = dict(variables or {})
+        if self.each is None:
+            overrides: list[dict[str, Any]] = [{}]
+        else:
+            overrides = step_scopes(message, self.each, self.split)
+            if not overrides:
+                raise MappingFault(101, f"{self.each}^1", f"no {self.each} segment: nothing to "
+                                   "schedule")
+        out: list[Scope] = []
+        for i, segs in enumerate(overrides, 1):
+            scope = Scope(message, segs, dict(base))
+            number = self._number(scope)
+            if not number:
+                raise MappingFault(101, self._number_loc, "order number missing "
+                                   f"({self.model.order_number})")
+            v = scope.vars
+            v["order_number"] = number
+            v["step_index"] = str(i)
+            v["order_key"] = self._order_key(scope)
+            v["patient_key"] = self._patient_key(scope)
+            out.append(scope)
+        return out
+
+    def build(self, scope: Scope, warnings: list[str]) -> dict[str, Any]:
+        """The DICOM JSON item of one step; raises MappingFault."""
+        item: dict[str, Any] = {}
+        for op in self._ops:
+            op(scope, item, warnings)
+        return item
+
+    def map(self, message: Message, variables: dict[str, str] | None = None) -> MappedItems:
+        """All steps of ``message`` mapped (used by tests and dry runs)."""
+        scopes = self.scopes(message, variables)
+        res = MappedItems(scopes)
+        for s in scopes:
+            res.items.append(self.build(s, res.warnings))
+        return res
+
+
+class HL7Mapping:
+    """HL7 → HL7: copy segments of the input, then set output paths."""
+
+    kind = "hl7"
+
+    def __init__(self, model: MappingFile, ctx: _Ctx) -> None:
+        self.name = model.name
+        self.model = model
+        copy = model.copy_segments or []
+        self._copy_all = "*" in copy
+        self._copy = frozenset(copy)
+        self._sets: list[tuple[Any, Any, bool]] = []
+        for k, spec in model.attributes.items():
+            loc = ("attributes", k)
+            try:
+                out_path = parse_path(k)
+            except ExpressionError as exc:
+                ctx.problems.append((loc, str(exc)))
+                continue
+            if not out_path.field:
+                ctx.problems.append((loc, f"found {k!r}, expected an output path like ORC-1"))
+                continue
+            compiled = _value_op(k, spec, ctx, loc)
+            if compiled is not None:
+                self._sets.append((out_path, compiled[0], spec.raw))
+
+    def build(self, message: Message, variables: dict[str, str] | None = None,
+              warnings: list[str] | None = None) -> str:
+        """The outbound message text (CR-separated); raises MappingFault."""
+        out = OutMessage(message.separators)
+        for seg_text in message.text.split("\r"):
+            if not seg_text or seg_text.isspace():
+                continue
+            name = seg_text[:3]
+            if name == "MSH" or self._copy_all or name in self._copy:
+                out.add_raw(seg_text)
+        scope = Scope(message, {}, dict(variables or {}))
+        w = warnings if warnings is not None else []
+        for path, value, raw in self._sets:
+            out.set(path, value(scope, w), raw)
+        return out.text()
+
+
+Mapping = DicomMapping | HL7Mapping
+
+
+def _first_location(expr: str) -> str:
+    for t in parse_expression(expr):
+        if hasattr(t, "location"):
+            return str(t.location())
+    return ""
+
+
+def compile_mapping(model: MappingFile, base_dir: FsPath | None = None) -> Mapping:
+    """Compile a validated model; raises CompileError listing every wrong reference."""
+    ctx = make_ctx(model, base_dir)
+    mapping: Mapping = DicomMapping(model, ctx) if model.kind == "dicom" else HL7Mapping(model, ctx)
+    if ctx.problems:
+        raise CompileError(ctx.problems)
+    return mapping
+
+
+__all__ = ["CompileError", "DicomMapping", "Getter", "HL7Mapping", "MappedItems", "Mapping",
+           "MappingFault", "compile_mapping"]

@@ -1,0 +1,241 @@
+"""The route engine: match a message, run its route's actions, return a RouteDecision.
+
+Pure (DESIGN §3, STYLE "decide in pure code"): no I/O, no clock; the same call serves
+``broker serve`` and ``broker route``. A fault anywhere in a message's actions answers AE with
+an ERR naming the HL7 location, and no effect at all is returned (never a half-written item).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any
+
+from broker.effects import Effect, Enqueue, Skipped, WorklistStatusChange, WorklistUpsert
+from broker.hl7.charset import encode_text
+from broker.ingest.decision import HL7Error, RouteDecision
+from broker.mapping import DicomMapping, HL7Mapping, MappingFault, Scope, predicate
+from broker.mapping.compiler import expr_getter, template_getter
+from broker.routing.loader import Definitions
+from broker.routing.models import Action, Route
+
+if TYPE_CHECKING:
+    from broker.hl7.message import Message
+
+log = logging.getLogger(__name__)
+
+_ORC_1 = expr_getter("ORC-1")
+_ORC_5 = expr_getter("ORC-5")
+_ACTIVE = frozenset({"SCHEDULED", "ARRIVED", "READY"})
+_OP_STATUS = {"upsert": "SCHEDULED", "cancel": "CANCELED", "discontinue": "DISCONTINUED",
+              "complete": "COMPLETED"}
+
+ActionResult = tuple[list[Effect], dict[str, Any]]
+
+
+class _CompiledRoute:
+    __slots__ = ("actions", "cont", "name", "sets", "tests")
+
+    def __init__(self, route: Route, engine: RouteEngine) -> None:
+        m = route.match
+        self.name = route.name
+        self.cont = route.continue_
+        self.sets: list[tuple[Callable[[Message], str], frozenset[str]]] = []
+        for attr, values in (("message_type", m.message_type), ("trigger", m.trigger),
+                             ("version", m.version), ("sending_app", m.sending_application),
+                             ("sending_facility", m.sending_facility)):
+            if values is not None:
+                self.sets.append((_attr_reader(attr), frozenset(values)))
+        self.tests = [predicate(p) for p in m.fields]
+        self.actions = [engine._compile_action(a) for a in route.actions]
+
+    def matches(self, message: Message, scope: Scope) -> bool:
+        for read, allowed in self.sets:
+            if read(message) not in allowed:
+                return False
+        return all(t(scope) for t in self.tests)
+
+
+def _attr_reader(attr: str) -> Callable[[Message], str]:
+    def read(message: Message) -> str:
+        return str(getattr(message, attr))
+    return read
+
+
+class RouteEngine:
+    """Implements :class:`broker.ingest.decision.Router` over a loaded :class:`Definitions`.
+
+    ``destinations``: the destination names the config defines; a forward to any other name
+    is recorded as Skipped (DESIGN §6a).
+    """
+
+    def __init__(self, definitions: Definitions, destinations: Collection[str] = ()) -> None:
+        self.definitions = definitions
+        self.destinations = frozenset(destinations)
+        self._routes = [_CompiledRoute(r, self) for r in definitions.routes]
+
+    # -- the Router protocol ---------------------------------------------------------------
+
+    def route(self, message: Message) -> RouteDecision:
+        """Decide what ``message`` does; never raises for a bad message (answers AE/AR)."""
+        matched: list[str] = []
+        effects: list[Effect] = []
+        actions: list[dict[str, Any]] = []
+        scope = Scope(message)
+        current = None
+        try:
+            for r in self._routes:
+                current = r.name
+                if not r.matches(message, scope):
+                    continue
+                matched.append(r.name)
+                for run in r.actions:
+                    eff, desc = run(message)
+                    desc["route"] = r.name
+                    effects.extend(eff)
+                    actions.append(desc)
+                if not r.cont:
+                    break
+        except MappingFault as fault:
+            actions.append({"route": current, "action": "error", "code": fault.code,
+                            "location": fault.location, "text": fault.text})
+            return RouteDecision(route=current, ack_code="AE",
+                                 errors=(HL7Error(fault.code, fault.location, fault.text),),
+                                 actions=tuple(actions))
+        except Exception:  # a bug in a mapping must answer AE, not kill the listener
+            log.exception("route %s failed on message type %s", current, message.message_type)
+            text = f"internal error in route {current}"
+            return RouteDecision(route=current, ack_code="AE", errors=(HL7Error(207, "", text),),
+                                 actions=({"route": current, "action": "error", "code": 207,
+                                           "text": text},))
+        if not matched:
+            return self._unmatched(message)
+        return RouteDecision(route=",".join(matched), ack_code="AA", effects=tuple(effects),
+                             actions=tuple(actions))
+
+    def _unmatched(self, message: Message) -> RouteDecision:
+        um = self.definitions.unmatched
+        ack = um.ack
+        code, loc = self._why_unmatched(message)
+        if code != 207 and ack == "AE":
+            ack = "AR"  # HL7 v2.5.1 §2.9.2: unsupported type/event/version is a reject
+        errors = () if ack == "AA" else (HL7Error(code, loc, um.text),)
+        return RouteDecision(route=None, ack_code=ack, errors=errors,
+                             actions=({"action": "unmatched", "ack": ack, "text": um.text},))
+
+    def _why_unmatched(self, message: Message) -> tuple[int, str]:
+        """HL7 table 0357: 200 no route for the type, 201 for the event, 203 for the version."""
+        routes = [r.match for r in self.definitions.routes]
+        mt, tr, ver = message.message_type, message.trigger, message.version
+        routes = [m for m in routes if m.message_type is None or mt in m.message_type]
+        if not routes:
+            return 200, "MSH^1^9^1"
+        routes = [m for m in routes if m.trigger is None or tr in m.trigger]
+        if not routes:
+            return 201, "MSH^1^9^2"
+        if not [m for m in routes if m.version is None or ver in m.version]:
+            return 203, "MSH^1^12"
+        return 207, ""
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def _compile_action(self, action: Action) -> Callable[[Message], ActionResult]:
+        if action.worklist is not None:
+            wl = action.worklist
+            table = self.definitions.order_control[wl.order_control]
+            mapping = self.definitions.mappings.get(wl.mapping or "")
+            return self._worklist(wl.op, wl.order_control, table,
+                                  mapping if isinstance(mapping, DicomMapping) else None)
+        if action.forward is not None:
+            fw = action.forward
+            hm = self.definitions.mappings[fw.mapping]
+            assert isinstance(hm, HL7Mapping)
+            return self._forward(fw.to, hm, template_getter(fw.ordering_key))
+        if action.reconcile is not None:
+            to = action.reconcile.to
+
+            def reconcile(message: Message) -> ActionResult:
+                reason = "reconciliation not yet available"
+                return ([Skipped("reconcile", reason)],
+                        {"action": "reconcile", "to": to, "result": "skipped", "reason": reason})
+            return reconcile
+        assert action.drop is not None
+        reason = action.drop.reason
+
+        def drop(message: Message) -> ActionResult:
+            return ([Skipped("drop", reason)], {"action": "drop", "reason": reason})
+        return drop
+
+    def _worklist(self, op: str, table_name: str, table: dict[str, str],
+                  mapping: DicomMapping | None) -> Callable[[Message], ActionResult]:
+        def status_of(scope: Scope) -> tuple[str, str]:
+            if op != "auto":
+                return _OP_STATUS[op], op
+            orc1, orc5 = _ORC_1(scope), _ORC_5(scope)
+            if not orc1:
+                raise MappingFault(101, "ORC^1^1", "ORC-1 order control missing")
+            status = table.get(f"{orc1}_{orc5}") or table.get(orc1)
+            if status is None:
+                raise MappingFault(103, "ORC^1^1", f"order control {orc1}"
+                                   f"{'/' + orc5 if orc5 else ''} not in order-control table "
+                                   f"{table_name!r}")
+            return status, orc1 + (f"_{orc5}" if orc5 else "")
+
+        def run(message: Message) -> ActionResult:
+            if mapping is None:
+                raise MappingFault(207, "", "worklist action without a dicom mapping")
+            scopes = mapping.scopes(message)
+            orders: dict[str, list[Scope]] = {}
+            for s in scopes:
+                orders.setdefault(s.vars["order_key"], []).append(s)
+            effects: list[Effect] = []
+            desc_orders: list[dict[str, Any]] = []
+            warnings: list[str] = []
+            for key, group in orders.items():
+                status, control = status_of(group[0])
+                if status in _ACTIVE:
+                    items = []
+                    for s in group:
+                        s.vars["order_status"] = status
+                        items.append(mapping.build(s, warnings))
+                    effects.append(WorklistUpsert(key, tuple(items), group[0].vars["patient_key"]))
+                    desc_orders.append({"order_key": key, "control": control, "status": status,
+                                        "effect": "upsert", "items": len(items)})
+                else:
+                    effects.append(WorklistStatusChange(key, status, f"ORC-1 {control}"))
+                    desc_orders.append({"order_key": key, "control": control, "status": status,
+                                        "effect": "status"})
+            desc: dict[str, Any] = {"action": "worklist", "mapping": mapping.name,
+                                    "orders": desc_orders}
+            if warnings:
+                desc["warnings"] = warnings
+            return effects, desc
+        return run
+
+    def _forward(self, to: list[str], mapping: HL7Mapping, ordering: Callable[[Scope], str]
+                 ) -> Callable[[Message], ActionResult]:
+        def run(message: Message) -> ActionResult:
+            warnings: list[str] = []
+            text = mapping.build(message, None, warnings)
+            charset = message.charset
+            try:
+                payload = encode_text(text, charset)
+            except Exception:
+                payload = text.encode("utf-8")
+            key = ordering(Scope(message))
+            effects: list[Effect] = []
+            results: list[dict[str, Any]] = []
+            for dest in to:
+                if dest in self.destinations:
+                    effects.append(Enqueue(dest, payload, key))
+                    results.append({"destination": dest, "result": "queued"})
+                else:
+                    reason = f"destination {dest!r} is not configured"
+                    effects.append(Skipped(f"forward:{dest}", reason))
+                    results.append({"destination": dest, "result": "skipped", "reason": reason})
+            desc: dict[str, Any] = {"action": "forward", "mapping": mapping.name,
+                                    "destinations": results}
+            if warnings:
+                desc["warnings"] = warnings
+            return effects, desc
+        return run

@@ -68,9 +68,50 @@ def _run(coro: Any) -> Any:
 @main.command()
 @config_option
 def check(config: Path | None) -> None:
-    """Validate the config (and routes and mappings); exit 1 on any error."""
+    """Validate config, routes and mappings, run the mapping tests; exit 1 on any error."""
     settings = _load(config)
     click.echo(f"config: ok (store {settings.store}, {len(settings.mllp)} MLLP listener(s))")
+    from broker.routing import check as run_check
+
+    report = run_check(settings.routes_dir, settings.mappings_dir, settings.destinations.keys())
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}")
+    for error in report.errors:
+        click.echo(f"error: {error}")
+    click.echo(
+        f"routes and mappings: {len(report.errors)} error(s), {len(report.warnings)} warning(s); "
+        f"mapping tests: {report.tests_run - report.tests_failed}/{report.tests_run} passed"
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@config_option
+@click.argument("message", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def route(config: Path | None, message: Path) -> None:
+    """Dry run: print as JSON what MESSAGE would do (route, actions, items), changing nothing."""
+    settings = _load(config)
+    from broker.hl7.charset import CharsetError
+    from broker.hl7.message import HL7ParseError
+    from broker.routing import (
+        DefinitionsError,
+        RouteEngine,
+        dry_run,
+        load_definitions,
+        read_message,
+    )
+
+    try:
+        definitions = load_definitions(settings.routes_dir, settings.mappings_dir)
+    except DefinitionsError as exc:
+        raise click.ClickException("\n".join(exc.errors)) from None
+    try:
+        parsed = read_message(message)
+    except (CharsetError, HL7ParseError) as exc:
+        raise click.ClickException(f"{message}: {exc}") from None
+    engine = RouteEngine(definitions, settings.destinations.keys())
+    click.echo(json.dumps(dry_run(engine, parsed), indent=2, ensure_ascii=False))
 
 
 @main.command()

@@ -1,0 +1,59 @@
+"""The command line: check, route (dry run), send, journal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from broker.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config_in(tmp_path: Path, extra: str = "") -> Path:
+    shutil.copytree(ROOT / "routes", tmp_path / "routes")
+    shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
+    shutil.copytree(ROOT / "samples", tmp_path / "samples")
+    path = tmp_path / "broker.yaml"
+    path.write_text(f"store: sqlite:///var/b.db\nroutes: routes/\nmappings: mappings/\n{extra}")
+    return path
+
+
+def test_check_passes_on_the_shipped_files(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["check", "--config", str(config_in(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "0 error(s)" in result.output
+    assert "destination 'pacs' is not configured" in result.output  # DESIGN §6a: a warning
+
+
+def test_check_names_file_line_and_field_of_an_error(tmp_path: Path) -> None:
+    config = config_in(tmp_path, "destinations: {pacs: {type: mllp, host: 127.0.0.1, port: 2576}}\n")
+    route_file = next((tmp_path / "routes").glob("*.yaml"))
+    text = route_file.read_text()
+    route_file.write_text(text.replace("trigger: O01", "trigger: {O01: 1}", 1))
+    result = CliRunner().invoke(main, ["check", "--config", str(config)])
+    assert result.exit_code == 1
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if "trigger: O01" in s)
+    assert f"{route_file}:{line}" in result.output
+    assert "trigger" in result.output
+
+
+def test_route_is_a_dry_run_that_prints_json(tmp_path: Path) -> None:
+    config = config_in(tmp_path)
+    result = CliRunner().invoke(
+        main, ["route", "--config", str(config), str(tmp_path / "samples" / "orm_o01_v231.hl7")]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["route"] == "orm-to-worklist" and out["ack"] == "AA"
+    assert out["effects"][0]["effect"] == "worklist_upsert"
+    assert not (tmp_path / "var" / "b.db").exists()  # nothing was changed or even created
+
+
+def test_send_rejects_a_bad_address() -> None:
+    result = CliRunner().invoke(main, ["send", "nowhere", str(ROOT / "samples" / "adt_a01.hl7")])
+    assert result.exit_code == 2
+    assert "expected HOST:PORT" in result.output

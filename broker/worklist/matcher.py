@@ -64,7 +64,7 @@ class Key(NamedTuple):
     tag: int
     vr: str
     value: str | None = None
-    items: tuple[tuple["Key", ...], ...] = ()
+    items: tuple[tuple[Key, ...], ...] = ()
 
 
 # -- predicates ------------------------------------------------------------------------------
@@ -139,9 +139,7 @@ def _pn_test(tag: int, query: str) -> tuple[str, Callable[[DicomJson], bool]]:
     def test(ds: DicomJson) -> bool:
         for value in _stored(ds, tag, "PN"):
             stored = _pn_groups(value)
-            if all(
-                check(stored[index] if index < len(stored) else "") for index, check in checks
-            ):
+            if all(check(stored[index] if index < len(stored) else "") for index, check in checks):
                 return True
         return False
 
@@ -150,7 +148,7 @@ def _pn_test(tag: int, query: str) -> tuple[str, Callable[[DicomJson], bool]]:
 
 def _range_bounds(tag: int, vr: str, text: str) -> tuple[str | None, str | None]:
     """The inclusive canonical bounds of a DA/TM/DT single value or range."""
-    if "-" in text and vr != "DT" or vr == "DT" and _dt_is_range(text):
+    if ("-" in text and vr != "DT") or (vr == "DT" and _dt_is_range(text)):
         lo_text, _, hi_text = text.partition("-")
         lo_text, hi_text = lo_text.strip(), hi_text.strip()
         if not lo_text and not hi_text:
@@ -301,7 +299,13 @@ def _compile_level(keys: Sequence[Key], where: tuple[int, ...]) -> list[Predicat
         lo, hi = bounds
         skip.update((date_tag, time_tag))
 
-        def test_dt(ds: DicomJson, dt: int = date_tag, tt: int = time_tag) -> bool:
+        def test_dt(
+            ds: DicomJson,
+            dt: int = date_tag,
+            tt: int = time_tag,
+            lo: str | None = lo,
+            hi: str | None = hi,
+        ) -> bool:
             date = wi.da_canonical(wi.first_text(ds, dt))
             if not date:
                 return False
@@ -337,9 +341,7 @@ class Matcher:
             if pred.sub:
                 steps = wi.sequence_items(item, pred.tag) or [{}]
                 # report the sub-keys failing in the step that fails fewest
-                best = min(
-                    ([p for p in pred.sub if not p.test(step)] for step in steps), key=len
-                )
+                best = min(([p for p in pred.sub if not p.test(step)] for step in steps), key=len)
                 out.extend(best or [pred])
             else:
                 out.append(pred)

@@ -1,0 +1,396 @@
+"""Worklist items pre-encoded per element, and answers joined from the requested elements.
+
+An item is encoded once when stored, for each transfer syntax (implicit and explicit VR
+little endian, PS3.5 7.1), into one blob plus a *layout*: for every top-level element, and
+for every element inside an item of a top-level sequence, where its bytes start and end.
+A C-FIND answer (PS3.4 K.6.1.2.3: only the requested keys, Type 1/2 keys present and empty
+when unknown, plus Specific Character Set) is then a join of slices; a sequence whose
+request item names sub-keys (the Scheduled Procedure Step Sequence, typically) is rebuilt
+from its sub-element slices with fresh lengths. Deeper sequences come back whole.
+
+Specific Character Set (PS3.5 6.1, PS3.3 C.12.1.1.2): items hold Unicode; each item is
+encoded in its *native* set: none declared when all its text is ASCII, ISO_IR 100 when it
+fits Latin-1, ISO_IR 192 (UTF-8) otherwise. :func:`answer_charset` picks the set an answer
+declares: the one the request asked for when it can represent the item, else the native one.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import struct
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+
+from broker.worklist import item as wi
+from broker.worklist.item import DicomJson
+
+__all__ = [
+    "AnswerSpec",
+    "Encoded",
+    "ReturnKey",
+    "answer",
+    "answer_charset",
+    "codec_for",
+    "encode_item",
+    "native_charset",
+]
+
+#: VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 Table 7.1-1).
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
+_BINARY_FORMATS = {
+    "US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q",
+}  # fmt: skip
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_ITEM_HEADER = struct.Struct("<HHI")
+assert array("I").itemsize == 4, "layouts are uint32 columns"
+SPECIFIC_CHARACTER_SET = wi.SPECIFIC_CHARACTER_SET
+
+#: Answer character sets we can encode to (single-byte sets and UTF-8, PS3.3 C.12.1.1.2).
+_CODECS = {
+    "": "ascii",
+    "ISO_IR 6": "ascii",
+    "ISO_IR 100": "latin_1",
+    "ISO_IR 101": "iso8859_2",
+    "ISO_IR 109": "iso8859_3",
+    "ISO_IR 110": "iso8859_4",
+    "ISO_IR 126": "iso8859_7",
+    "ISO_IR 127": "iso8859_6",
+    "ISO_IR 138": "iso8859_8",
+    "ISO_IR 144": "iso8859_5",
+    "ISO_IR 148": "iso8859_9",
+    "ISO_IR 166": "tis_620",
+    "ISO_IR 192": "utf-8",
+    "GB18030": "gb18030",
+}
+
+
+def codec_for(charset: str) -> str | None:
+    """The Python codec of a Specific Character Set value, or None when not supported."""
+    return _CODECS.get(charset.strip())
+
+
+def native_charset(item: DicomJson) -> str:
+    """'' when all of the item's text is ASCII, 'ISO_IR 100' when Latin-1, else 'ISO_IR 192'."""
+    native = ""
+    for vr, text in wi.iter_text(item):
+        if vr not in wi.CHARSET_VRS or text.isascii():
+            continue
+        try:
+            text.encode("latin_1")
+        except UnicodeEncodeError:
+            return "ISO_IR 192"
+        native = "ISO_IR 100"
+    return native
+
+
+def answer_charset(native: str, requested: str) -> tuple[str, bool]:
+    """The Specific Character Set an answer declares, and whether the item must be
+    re-encoded for it (True only when the request asked for another set that is supported;
+    the caller then checks the item fits it and falls back to ``native``).
+
+    An ASCII item is valid in every set, so it declares what the request declared.
+    """
+    if native == "":
+        return requested, False
+    if requested == native or codec_for(requested) in (None, "ascii"):
+        return native, False
+    if native == "ISO_IR 192" and requested == "ISO_IR 100":
+        return native, False  # native is Latin-1 whenever the item fits it
+    return requested, True
+
+
+# -- element encoding ------------------------------------------------------------------------
+
+
+def _header(tag: int, vr: str, length: int, explicit: bool) -> bytes:
+    group, elem = tag >> 16, tag & 0xFFFF
+    if not explicit:
+        return struct.pack("<HHI", group, elem, length)
+    if vr in LONG_VRS:
+        return struct.pack("<HH2sHI", group, elem, vr.encode(), 0, length)
+    if length > 0xFFFF:  # too long for a short VR: send as UN (PS3.5 6.2.2 note)
+        return struct.pack("<HH2sHI", group, elem, b"UN", 0, length)
+    return struct.pack("<HH2sH", group, elem, vr.encode(), length)
+
+
+def empty_element(tag: int, vr: str, explicit: bool) -> bytes:
+    """A zero-length element (Type 2 'unknown'), a zero-length sequence for SQ."""
+    return _header(tag, vr, 0, explicit)
+
+
+def _format_number(value: Any) -> str:
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    return str(value)
+
+
+def _value_bytes(vr: str, elem: DicomJson, codec: str) -> bytes:
+    if vr in _BINARY_FORMATS:
+        values = [v for v in elem.get("Value") or [] if v is not None]
+        return struct.pack(f"<{len(values)}{_BINARY_FORMATS[vr]}", *values)
+    if vr == "AT":
+        out = b""
+        for v in elem.get("Value") or []:
+            tag = int(str(v), 16)
+            out += struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+        return out
+    if vr in _BULK_VRS:
+        raw = base64.b64decode(elem.get("InlineBinary", "") or "")
+        return raw + b"\0" if len(raw) % 2 else raw
+    values = elem.get("Value") or []
+    if vr == "PN":
+        text = "\\".join(wi.pn_to_text(v) for v in values)
+    else:
+        text = "\\".join("" if v is None else _format_number(v) for v in values)
+    # UnicodeEncodeError when charset-affected text does not fit; the other VRs are ASCII
+    # (PS3.5 6.2) and a stray character there is replaced, not fatal.
+    raw = text.encode(codec) if vr in wi.CHARSET_VRS else text.encode("ascii", "replace")
+    if len(raw) % 2:
+        raw += b"\0" if vr == "UI" else b" "
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One item in one transfer syntax: the element bytes and where each element lies.
+
+    ``layout`` holds (parent tag, item index, tag, start, end) per element as uint32 columns
+    (see ``_pack_layout``): parent 0 for top-level elements; for an element inside item
+    ``i`` of the top-level sequence ``parent``, and tag 0 marks the whole item.
+    """
+
+    blob: bytes
+    layout: bytes
+
+
+def _encode_level(
+    dataset: DicomJson,
+    codec: str,
+    explicit: bool,
+    out: bytearray,
+    entries: list[tuple[int, int, int, int, int]] | None,
+    parent: int,
+    index: int,
+) -> None:
+    for key in sorted(dataset):
+        elem = dataset[key]
+        if not isinstance(elem, dict):
+            continue
+        tag = int(key, 16)
+        if tag & 0xFFFF == 0:  # group lengths are not sent (PS3.5 7.2)
+            continue
+        vr = wi.vr_of(tag, elem)
+        start = len(out)
+        if vr == "SQ":
+            body = bytearray()
+            keep = entries is not None and parent == 0  # sub-layout for top-level sequences
+            body_at = start + (12 if explicit else 8)  # SQ header: long form in explicit VR
+            for n, sub in enumerate(elem.get("Value") or []):
+                inner = bytearray()
+                sub_entries: list[tuple[int, int, int, int, int]] = []
+                _encode_level(
+                    sub if isinstance(sub, dict) else {},
+                    codec,
+                    explicit,
+                    inner,
+                    sub_entries if keep else None,
+                    tag,
+                    n,
+                )
+                if entries is not None and keep:
+                    item_at = body_at + len(body)
+                    entries.append((tag, n, 0, item_at, item_at + 8 + len(inner)))
+                    for p, i, t, s, e in sub_entries:
+                        entries.append((p, i, t, s + item_at + 8, e + item_at + 8))
+                body += struct.pack("<HHI", 0xFFFE, 0xE000, len(inner))
+                body += inner
+            out += _header(tag, vr, len(body), explicit)
+            out += body
+        else:
+            value = _value_bytes(vr, elem, codec)
+            out += _header(tag, vr, len(value), explicit)
+            out += value
+        if entries is not None:
+            entries.append((parent, index, tag, start, len(out)))
+
+
+def encode_item(item: DicomJson, charset: str, *, explicit: bool) -> Encoded:
+    """Encode every element of ``item`` (Specific Character Set left out: the answer adds
+    its own) with the codec of ``charset``; raises UnicodeEncodeError when text does not fit.
+    """
+    codec = codec_for(charset) or "utf-8"
+    body = {k: v for k, v in item.items() if k != "00080005"}
+    out = bytearray()
+    entries: list[tuple[int, int, int, int, int]] = []
+    _encode_level(body, codec, explicit, out, entries, 0, 0)
+    return Encoded(bytes(out), _pack_layout(entries))
+
+
+def _pack_layout(entries: list[tuple[int, int, int, int, int]]) -> bytes:
+    """Columns, top-level entries first: [ntop, n, parents[n], indexes[n], tags[n],
+    starts[n], ends[n]] as uint32, so :func:`answer` slices them without a Python loop."""
+    top = [e for e in entries if e[0] == 0]
+    subs = [e for e in entries if e[0] != 0]
+    ordered = top + subs
+    columns = array("I", [len(top), len(ordered)])
+    for column in range(5):
+        columns.extend(e[column] for e in ordered)
+    return columns.tobytes()
+
+
+def encode_dataset(dataset: DicomJson, charset: str, *, explicit: bool) -> bytes:
+    """A whole dataset, Specific Character Set included as given (tests, export)."""
+    codec = codec_for(charset) or "utf-8"
+    out = bytearray()
+    _encode_level(dataset, codec, explicit, out, None, 0, 0)
+    return bytes(out)
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnKey:
+    """A requested key: its tag, the bytes to send when the item lacks it, and for a
+    sequence whose request item names sub-keys, those sub-keys (None: the whole sequence)."""
+
+    tag: int
+    vr: str
+    empty: bytes
+    sub: tuple[ReturnKey, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerSpec:
+    """What every answer to one request holds, in tag order (built once per request)."""
+
+    keys: tuple[ReturnKey, ...]
+    explicit: bool
+    filtered: frozenset[int]
+
+    @classmethod
+    def build(
+        cls,
+        requested: tuple[tuple[int, str, tuple[tuple[int, str], ...] | None], ...],
+        *,
+        explicit: bool,
+    ) -> AnswerSpec:
+        """From (tag, VR, sub-keys or None) triples; Specific Character Set is added.
+
+        Cached: modalities repeat the same request shape with other values."""
+        return _build_spec(requested, explicit)
+
+    @classmethod
+    def _build(
+        cls, requested: Iterable[tuple[int, str, Sequence[tuple[int, str]] | None]], explicit: bool
+    ) -> AnswerSpec:
+        keys: dict[int, ReturnKey] = {}
+        for tag, vr, sub in requested:
+            if tag == wi.SPECIFIC_CHARACTER_SET:
+                continue
+            sub_keys = None
+            if vr == "SQ" and sub:
+                sub_keys = tuple(
+                    ReturnKey(t, v, empty_element(t, v, explicit))
+                    for t, v in sorted(set(sub))
+                    if t != wi.SPECIFIC_CHARACTER_SET
+                )
+            keys[tag] = ReturnKey(tag, vr, empty_element(tag, vr, explicit), sub_keys)
+        keys[wi.SPECIFIC_CHARACTER_SET] = ReturnKey(
+            wi.SPECIFIC_CHARACTER_SET,
+            "CS",
+            empty_element(wi.SPECIFIC_CHARACTER_SET, "CS", explicit),
+        )
+        ordered = tuple(keys[t] for t in sorted(keys))
+        filtered = frozenset(k.tag for k in ordered if k.sub is not None)
+        return cls(ordered, explicit, filtered)
+
+
+@functools.lru_cache(maxsize=256)
+def _build_spec(
+    requested: tuple[tuple[int, str, tuple[tuple[int, str], ...] | None], ...], explicit: bool
+) -> AnswerSpec:
+    return AnswerSpec._build(requested, explicit)
+
+
+_SCS_CACHE: dict[tuple[str, bool], bytes] = {}
+
+
+def charset_element(charset: str, explicit: bool) -> bytes:
+    """The encoded Specific Character Set element declaring ``charset`` ('' = zero length)."""
+    cached = _SCS_CACHE.get((charset, explicit))
+    if cached is None:
+        raw = charset.encode("ascii")
+        if len(raw) % 2:
+            raw += b" "
+        cached = _header(wi.SPECIFIC_CHARACTER_SET, "CS", len(raw), explicit) + raw
+        _SCS_CACHE[(charset, explicit)] = cached
+    return cached
+
+
+def answer(spec: AnswerSpec, blob: bytes, layout: bytes, charset: str) -> bytes:
+    """One response identifier: the requested elements of a pre-encoded item."""
+    cols = array("I")
+    cols.frombytes(layout)
+    ntop, n = cols[0], cols[1]
+    tags, starts, ends = 2 + 2 * n, 2 + 3 * n, 2 + 4 * n
+    top = dict(
+        zip(
+            cols[tags : tags + ntop],
+            zip(cols[starts : starts + ntop], cols[ends : ends + ntop], strict=True),
+            strict=True,
+        )
+    )
+    subs: dict[int, dict[int, dict[int, tuple[int, int]]]] = {}
+    if spec.filtered:
+        filtered = spec.filtered
+        for parent, index, tag, start, end in zip(
+            cols[2 + ntop : 2 + n],
+            cols[2 + n + ntop : 2 + 2 * n],
+            cols[tags + ntop : tags + n],
+            cols[starts + ntop : starts + n],
+            cols[ends + ntop : ends + n],
+            strict=True,
+        ):
+            if parent in filtered:
+                subs.setdefault(parent, {}).setdefault(index, {})[tag] = (start, end)
+    parts: list[bytes] = []
+    explicit = spec.explicit
+    get = top.get
+    for key in spec.keys:
+        tag = key.tag
+        if tag == SPECIFIC_CHARACTER_SET:
+            if charset:  # absent = default repertoire (PS3.3 C.12.1.1.2, Type 1C)
+                parts.append(charset_element(charset, explicit))
+            continue
+        where = get(tag)
+        if where is None:
+            parts.append(key.empty)
+        elif key.sub is None:
+            parts.append(blob[where[0] : where[1]])
+        else:
+            items = []
+            for _, elements in sorted(subs.get(tag, {}).items()):
+                inner = b"".join(
+                    blob[loc[0] : loc[1]] if (loc := elements.get(sk.tag)) else sk.empty
+                    for sk in key.sub
+                )
+                items.append(_ITEM_HEADER.pack(0xFFFE, 0xE000, len(inner)) + inner)
+            body = b"".join(items)
+            parts.append(_header(tag, "SQ", len(body), explicit) + body)
+    return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def dictionary_vr(tag: int) -> str:
+    """The data dictionary VR of ``tag`` ('UN' when unknown; the first of 'US or SS')."""
+    try:
+        return str(dictionary_VR(tag)).split(" ")[0]
+    except KeyError:
+        return "UN"

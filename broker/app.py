@@ -18,12 +18,21 @@ from typing import Any
 from broker.admin.http import AdminServer
 from broker.admin.metrics import Metrics
 from broker.config import MllpListenerSettings, Settings
+from broker.dicom import DicomSCP, Service
+from broker.effects import WorklistStatusChange, WorklistUpsert
 from broker.errors import ConfigError
 from broker.hl7.listener import ListenerSettings, MllpListener
-from broker.ingest.decision import AcceptAll, Router
+from broker.ingest.decision import Router
 from broker.ingest.pipeline import IngestPipeline
+from broker.routing import RouterHolder
 from broker.storage.sqlite import SqliteDatabase
-from broker.storage.sqlite_journal import JOURNAL_SCHEMA, SqliteJournal
+from broker.storage.sqlite_journal import JOURNAL_SCHEMA, Applier, SqliteJournal
+from broker.storage.sqlite_worklist import (
+    SqliteWorklistStore,
+    apply_worklist_status,
+    apply_worklist_upsert,
+)
+from broker.worklist import WorklistService
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +48,12 @@ def open_database(settings: Settings) -> SqliteDatabase:
 
 
 def make_journal(settings: Settings, db: SqliteDatabase) -> SqliteJournal:
-    return SqliteJournal(db, dedupe_window_s=settings.journal.dedupe_window_hours * 3600)
+    """The journal with the appliers that turn routed effects into worklist changes."""
+    appliers: dict[type, Applier] = {
+        WorklistUpsert: apply_worklist_upsert,
+        WorklistStatusChange: apply_worklist_status,
+    }
+    return SqliteJournal(db, appliers, dedupe_window_s=settings.journal.dedupe_window_hours * 3600)
 
 
 def tls_context(listener: MllpListenerSettings, settings: Settings) -> ssl.SSLContext | None:
@@ -66,9 +80,12 @@ class Broker:
         self.metrics = Metrics()
         self.db = open_database(settings)
         self.journal = make_journal(settings, self.db)
+        self.worklist = SqliteWorklistStore(self.db)
         self._router_factory = router
+        self.routes: RouterHolder | None = None
         self.listeners: list[MllpListener] = []
         self.admin: AdminServer | None = None
+        self.dicom: DicomSCP | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
@@ -79,7 +96,15 @@ class Broker:
     async def start(self) -> None:
         settings = self.settings
         await self._stack.enter_async_context(self.db)
-        router = self._router_factory or _accept_all
+        router = self._router_factory
+        if router is None:
+            # Routes and mappings load once here (an invalid set stops the start with every
+            # error listed); later changes are validated and swapped atomically.
+            self.routes = RouterHolder(
+                settings.routes_dir, settings.mappings_dir, settings.destinations.keys()
+            )
+            router = self._current_router
+            self._tasks.append(asyncio.create_task(self.routes.watch(), name="routes-watch"))
         pipeline = IngestPipeline(
             self.journal, router, self.metrics, default_charset=settings.default_charset
         )
@@ -99,6 +124,8 @@ class Broker:
             )
             await self._stack.enter_async_context(listener)
             self.listeners.append(listener)
+        if settings.dicom.enabled:
+            await self._start_dicom()
         if settings.http.enabled:
             self.admin = AdminServer(
                 settings.http.host,
@@ -110,6 +137,36 @@ class Broker:
             await self._stack.enter_async_context(self.admin)
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="journal-retention"))
         self.started_at = time.time()
+
+    def _current_router(self) -> Router:
+        assert self.routes is not None
+        return self.routes
+
+    async def _start_dicom(self) -> None:
+        conf = self.settings.dicom
+        service = WorklistService(self.worklist, calling_ae_as_station=conf.calling_ae_as_station)
+        # The config's lists apply to every service; the SCP can also take them per service.
+        aets: dict[Service | str, list[str]] | None = (
+            {s: conf.allowed_calling_aets for s in Service} if conf.allowed_calling_aets else None
+        )
+        peers: dict[Service | str, list[str]] | None = (
+            {s: conf.allowed_peers for s in Service} if conf.allowed_peers else None
+        )
+        self.dicom = DicomSCP(
+            service,
+            ae_title=conf.ae_title,
+            host=conf.host,
+            port=conf.port,
+            max_pdu=conf.max_pdu,
+            allowed_calling_aes=aets,
+            allowed_peers=peers,
+            max_associations=conf.max_associations,
+        )
+        await self._stack.enter_async_context(self.dicom)
+
+    def reload_routes(self) -> bool:
+        """SIGHUP: validate the route and mapping files and swap them in if valid."""
+        return self.routes.reload() if self.routes is not None else False
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight messages, flush the store, close everything."""
@@ -138,6 +195,8 @@ class Broker:
     def health(self) -> dict[str, Any]:
         """What /health reports: ok while every listener serves and the store answers."""
         listeners = {lst.name: lst.serving for lst in self.listeners}
+        if self.dicom is not None:
+            listeners["dicom"] = self.dicom.serving
         try:
             self.db.reader().execute("SELECT 1").fetchone()
             store_ok = True
@@ -147,7 +206,7 @@ class Broker:
         return {
             "status": "ok" if ok else "unavailable",
             "store": "ok" if store_ok else "unavailable",
-            "mllp": {name: "listening" if up else "down" for name, up in listeners.items()},
+            "listeners": {name: "listening" if up else "down" for name, up in listeners.items()},
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,
         }
 
@@ -170,13 +229,6 @@ class Broker:
             await asyncio.sleep(conf.purge_interval_s)
 
 
-def _accept_all() -> Router:
-    return _ACCEPT_ALL
-
-
-_ACCEPT_ALL = AcceptAll()
-
-
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; then shut down in order and return."""
     loop = asyncio.get_running_loop()
@@ -184,6 +236,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Broker(settings) as broker:
+        loop.add_signal_handler(signal.SIGHUP, broker.reload_routes)
         ports = ", ".join(f"{lst.name}={lst.port}" for lst in broker.listeners)
         log.info("broker ready: mllp %s; store %s", ports, settings.store)
         await stop.wait()

@@ -57,3 +57,11 @@ def test_send_rejects_a_bad_address() -> None:
     result = CliRunner().invoke(main, ["send", "nowhere", str(ROOT / "samples" / "adt_a01.hl7")])
     assert result.exit_code == 2
     assert "expected HOST:PORT" in result.output
+
+
+def test_check_refuses_a_missing_routes_folder(tmp_path: Path) -> None:
+    path = tmp_path / "broker.yaml"
+    path.write_text("routes: no-such-routes/\n")
+    result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'no-such-routes'}: routes: found no such folder" in result.output

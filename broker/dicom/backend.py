@@ -27,9 +27,11 @@ class WorklistBackend(Protocol):
 
     A deliberate failure is any exception with an ``int`` attribute ``status`` and a ``str``
     attribute ``comment`` (the worklist's ``QueryError``): the SCP answers with that status and
-    comment as ErrorComment. ``find`` runs on the event loop (it must be fast: reads only);
-    ``mpps_create``/``mpps_set`` run in a worker thread (they commit durably). Any other exception is a handler failure (0xC311 for C-FIND, 0x0110
-    for N-CREATE/N-SET); the association stays up in both cases.
+    comment as ErrorComment. Any other exception is a handler failure (0xC311 for C-FIND,
+    0x0110 for N-CREATE/N-SET); the association stays up in both cases.
+
+    ``find`` runs on the event loop (it must be fast: reads only); ``mpps_create`` and
+    ``mpps_set`` run in a worker thread (they commit durably).
     """
 
     def find(

@@ -115,6 +115,11 @@ class DicomSCP:
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
+    def serving(self) -> bool:
+        """Whether the server socket accepts associations (for /health)."""
+        return self._server is not None and self._server.is_serving() and not self._closing
+
+    @property
     def active_associations(self) -> int:
         """Associations currently established."""
         return len(self._associations)

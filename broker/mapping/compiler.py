@@ -21,7 +21,7 @@ from broker.hl7.message import compile_path
 from broker.mapping import convert as cv
 from broker.mapping.models import Attribute, Lookup, MappingFile, Predicate, Source
 from broker.mapping.paths import Constant, HL7Path, Term, Variable, parse_expression, parse_path
-from broker.mapping.scope import Scope
+from broker.mapping.scope import SLOW, Scope
 from broker.mapping.template import parse_template
 from broker.mapping.vr import UnknownKeyword, VRFault, make_fixer, resolve_attribute, to_json_value
 
@@ -95,24 +95,89 @@ def path_getter(p: HL7Path) -> Getter:
             return "\\".join(v for v in vals if v and v != '""')
         return every
 
-    key = str(p)
-
-    def get(scope: Scope) -> str:
-        cache = scope.cache
-        v = cache.get(key)
-        if v is not None:
-            return v
+    def slow(scope: Scope) -> str:
+        # escapes, HL7 nulls, MSH: the accessor's own reading
         segs = scope.segs
         if segs and name in segs:
             seg = segs[name]
             v = "" if seg is None else seg.get(f, r, c, s)
         else:
             v = scope.message.get(mp)
-        if v == '""':
-            v = ""
-        cache[key] = v
+        return "" if v == '""' else v
+    return _fast_getter(name, f, r, c, s, slow)
+
+
+def _fast_getter(name: str, f: int, r: int, c: int | None, s: int | None,
+                 slow: Getter) -> Getter:
+    """A getter specialised by path shape that reads a plain segment (``Scope.plain``) by
+    index, with the result ``Message.get`` gives there; ``slow`` reads any other segment."""
+    if r != 1 or (s is not None and s > 1):
+        return _general_getter(name, f, r, c, s, slow)
+    if c is None:
+        def field(scope: Scope) -> str:
+            fl, rs, _cs = scope.segfields.get(name) or scope.plain(name)
+            if fl is SLOW[0]:
+                return slow(scope)
+            if f >= len(fl):
+                return ""
+            v = fl[f]
+            i = v.find(rs)
+            return v if i < 0 else v[:i]
+        return field
+    if c == 1:
+        def first_component(scope: Scope) -> str:
+            fl, rs, cs = scope.segfields.get(name) or scope.plain(name)
+            if fl is SLOW[0]:
+                return slow(scope)
+            if f >= len(fl):
+                return ""
+            v = fl[f]
+            i = v.find(rs)
+            if i >= 0:
+                v = v[:i]
+            i = v.find(cs)
+            return v if i < 0 else v[:i]
+        return first_component
+    ci = c - 1
+
+    def component(scope: Scope) -> str:
+        fl, rs, cs = scope.segfields.get(name) or scope.plain(name)
+        if fl is SLOW[0]:
+            return slow(scope)
+        if f >= len(fl):
+            return ""
+        v = fl[f]
+        i = v.find(rs)
+        if i >= 0:
+            v = v[:i]
+        parts = v.split(cs, ci + 1)
+        return parts[ci] if ci < len(parts) else ""
+    return component
+
+
+def _general_getter(name: str, f: int, r: int, c: int | None, s: int | None,
+                    slow: Getter) -> Getter:
+    """Any repetition, any subcomponent: a plain segment holds no subcomponent separator, so a
+    subcomponent above 1 is empty there (as ``Message.get`` finds it)."""
+    def general(scope: Scope) -> str:
+        fl, rs, cs = scope.segfields.get(name) or scope.plain(name)
+        if fl is SLOW[0]:
+            return slow(scope)
+        if f >= len(fl):
+            return ""
+        reps = fl[f].split(rs)
+        if r > len(reps):
+            return ""
+        v = reps[r - 1]
+        if c is not None:
+            comps = v.split(cs)
+            if c > len(comps):
+                return ""
+            v = comps[c - 1]
+            if s is not None and s > 1:
+                return ""
         return v
-    return get
+    return general
 
 
 def _const(value: str) -> Getter:

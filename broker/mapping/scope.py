@@ -8,9 +8,11 @@ that step's order group, ``OBR-4`` its OBR, ``ZDS-1`` the ZDS that follows it, a
 segment this group lacks is absent (never borrowed from another group). Segments outside the
 groups (MSH, PID, PV1) resolve to their first occurrence in the message.
 
-Hot path: a scope only stores the segments that differ from "first occurrence in the message";
-every other path is read with ``Message.get`` on a precompiled path (its per-segment field cache
-is the fastest read the accessor offers), so a one-order message costs no Segment objects.
+Hot path: a scope only stores the segments that differ from "first occurrence in the message".
+:meth:`Scope.plain` splits each segment a scope reads into fields once; when the segment holds
+no escape, subcomponent or quote character (the usual case), a compiled path reads its value by
+index and ``str.find`` with the exact result ``Message.get`` would give, and otherwise it falls
+back to ``Message.get`` / ``Segment.get`` (escapes, HL7 nulls, MSH-1/MSH-2).
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ if TYPE_CHECKING:
     from broker.hl7.message import Message, Segment
 
 
+#: ``Scope.plain`` for a segment that must be read through the accessor (see the docstring)
+SLOW: tuple[list[str], str, str] = ([], "", "")
+_HEADERS = frozenset({"MSH", "BHS", "FHS"})
+
+
 class Scope:
     """One message or one step: ``segs`` overrides (name → Segment, None = absent), ``vars``."""
 
-    __slots__ = ("cache", "message", "segs", "vars")
+    __slots__ = ("cache", "message", "rows", "segfields", "segs", "vars")
 
     def __init__(
         self,
@@ -35,15 +42,62 @@ class Scope:
         self.message = message
         self.segs: dict[str, Segment | None] = segs if segs is not None else {}
         self.vars: dict[str, str] = variables if variables is not None else {}
-        #: path text → value read in this scope: mappings read OBR-4.1 or PID-5 several times
-        #: (lookups, sequences, fallbacks); a dict hit costs ~50 ns, a field read ~1.5 µs
+        #: free for callers: values worth keeping for the life of the scope
         self.cache: dict[str, str] = {}
+        #: lookup-table rows read in this scope, by table and key expression: a mapping looks
+        #: up the same procedure row for several attributes (station, modality, protocol)
+        self.rows: dict[str, dict[str, str]] = {}
+        #: what :meth:`plain` found, by segment name (compiled getters read it first)
+        self.segfields: dict[str, tuple[list[str], str, str]] = {}
 
     def has_segment(self, name: str) -> bool:
         """Whether ``name`` is present in this scope."""
         if name in self.segs:
             return self.segs[name] is not None
         return self.message.segment(name, 1) is not None
+
+    def plain(self, name: str) -> tuple[list[str], str, str]:
+        """(fields, repetition separator, component separator) of segment ``name`` in this
+        scope, split once; fields is [] when the segment is absent. :data:`SLOW` when the
+        segment holds an escape, subcomponent or quote character, or is MSH: read it with
+        ``Message.get`` / ``Segment.get`` instead."""
+        hit = self.segfields.get(name)
+        if hit is not None:
+            return hit
+        message = self.message
+        fs, cs, rs, esc, ss = message.separators
+        text: str | None
+        if name in _HEADERS:  # MSH-1/MSH-2 are not split fields (and Segment shifts BHS/FHS)
+            hit = SLOW
+        else:
+            if name in self.segs:
+                seg = self.segs[name]
+                text = None if seg is None else seg.text
+            else:
+                text = _first_segment(message.text, name, fs)
+            if text is None:
+                hit = ([], rs, cs)
+            elif esc in text or ss in text or '"' in text:
+                hit = SLOW
+            else:
+                hit = (text.split(fs), rs, cs)
+        self.segfields[name] = hit
+        return hit
+
+
+def _first_segment(text: str, name: str, fs: str) -> str | None:
+    """The text of the first segment whose ID is exactly ``name`` (``text`` CR-separated and
+    starting with MSH, as ``Message.parse`` leaves it); the segment ``Message.get`` reads."""
+    key = "\r" + name
+    n = len(key)
+    i = text.find(key)
+    while i >= 0:
+        after = text[i + n:i + n + 1]
+        if after == fs or after == "\r" or not after:
+            end = text.find("\r", i + 1)
+            return text[i + 1:] if end < 0 else text[i + 1:end]
+        i = text.find(key, i + 1)
+    return None
 
 
 def step_scopes(message: Message, each: str, split: str | None) -> list[dict[str, Segment | None]]:

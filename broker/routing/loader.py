@@ -46,6 +46,14 @@ def _yaml_files(directory: Path) -> list[Path]:
 def load_all(routes_dir: Path, mappings_dir: Path) -> tuple[Definitions | None, list[str]]:
     """Load and cross-check everything; returns (definitions or None, errors)."""
     errors: list[str] = []
+    # A folder that is not there is a configuration mistake (a typo, a missing volume), not
+    # an empty set: every message would be answered "no route".
+    for label, directory in (("routes", routes_dir), ("mappings", mappings_dir)):
+        if not Path(directory).is_dir():
+            errors.append(f"{directory}: {label}: found no such folder, expected a folder of "
+                          f"YAML files (config key {label!r}, relative to the config file)")
+    if errors:
+        return None, errors
     mappings: dict[str, Mapping] = {}
     mapping_files: dict[str, Path] = {}
     for path in _yaml_files(Path(mappings_dir)):

@@ -114,7 +114,7 @@ def parse_header(text: str) -> Header:
     if not text.startswith("MSH") or len(text) < 8:
         raise HeaderError("message does not start with an MSH segment", "MSH")
     sep = text[3]
-    if sep.isalnum() or sep in "\r\n":
+    if not _usable_delimiter(sep):
         raise HeaderError("MSH-1 field separator is not a usable delimiter", "MSH^1^1", 102)
     end = len(text)
     for terminator in ("\r", "\n"):
@@ -123,7 +123,24 @@ def parse_header(text: str) -> Header:
             end = pos
     parts = text[4:end].split(sep)
     encoding = parts[0]
-    if len(encoding) < 3 or sep in encoding or len(set(encoding[:4])) != len(encoding[:4]):
-        raise HeaderError("MSH-2 encoding characters are missing or repeat", "MSH^1^2", 102)
+    # HL7 v2.5.1 §2.5.4: four encoding characters (v2.7 adds a fifth, truncation); each
+    # distinct and none the field separator, or an ACK built with them could not be read
+    # (a control character such as FS would even end the MLLP frame early).
+    if (
+        len(encoding) not in (4, 5)
+        or len(set(encoding)) != len(encoding)
+        or sep in encoding
+        or not all(_usable_delimiter(c) for c in encoding)
+    ):
+        raise HeaderError(
+            "MSH-2 must hold 4 distinct encoding characters (punctuation, e.g. ^~\\&)",
+            "MSH^1^2",
+            102,
+        )
     # fields[0] is a placeholder so that fields[n] is MSH-n.
     return Header(("MSH", sep, *parts))
+
+
+def _usable_delimiter(char: str) -> bool:
+    """Printable punctuation only: no letters, digits, spaces or control characters."""
+    return char.isprintable() and not char.isalnum() and not char.isspace()

@@ -23,7 +23,14 @@ from broker.mapping.models import Attribute, Lookup, MappingFile, Predicate, Sou
 from broker.mapping.paths import Constant, HL7Path, Term, Variable, parse_expression, parse_path
 from broker.mapping.scope import SLOW, Scope
 from broker.mapping.template import parse_template
-from broker.mapping.vr import UnknownKeyword, VRFault, make_fixer, resolve_attribute, to_json_value
+from broker.mapping.vr import (
+    MAX_LENGTH,
+    UnknownKeyword,
+    VRFault,
+    make_fixer,
+    resolve_attribute,
+    to_json_value,
+)
 
 Getter = Callable[[Scope], str]
 Loc = tuple[str | int, ...]
@@ -383,12 +390,9 @@ def _name_getter(t: Term, comps: tuple[int, ...]) -> Getter:
 
 def _value_converter(spec: Attribute, ctx: _Ctx) -> Callable[[str], str] | None:
     tz = ctx.model.timezone
-    if spec.convert == "da":
-        return lambda v: cv.to_da(v, tz)
-    if spec.convert == "tm":
-        return lambda v: cv.to_tm(v, tz)
-    if spec.convert == "dt":
-        return lambda v: cv.to_dt(v, tz)
+    if spec.convert in ("da", "tm", "dt"):
+        to = {"da": cv.to_da, "tm": cv.to_tm, "dt": cv.to_dt}[spec.convert]
+        return to if tz is None else (lambda v: to(v, tz))
     if spec.convert == "sex":
         table = spec.table
         return lambda v: cv.to_sex(v, table)
@@ -414,9 +418,71 @@ def _term_fn(spec: Attribute) -> Callable[[Term], Getter]:
 # Attribute ops
 
 
-def _value_op(name: str, spec: Attribute, ctx: _Ctx, loc: Loc
-              ) -> tuple[Callable[[Scope, list[str]], str], str] | None:
-    """Compile the value side of an attribute: ``value(scope, warnings) -> str`` and its VR."""
+@dataclass
+class _Value:
+    """The value side of one attribute, compiled: sources, fallbacks, conversion, VR rule."""
+
+    label: str  # the keyword (or output path): faults and warnings name it, never a value
+    vr: str
+    getters: list[Getter]
+    where: list[str]  # per getter, the HL7 path text it reads ("" for constants, lookups)
+    conv: Callable[[str], str] | None
+    default: str | None
+    required: bool
+    gen_uid: bool
+    uid_key: Getter
+    uid_root: str | None
+    fixer: Callable[[str], tuple[str, str]] | None
+
+    def get(self) -> Getter:
+        """The first non-empty source value."""
+        return first_of(self.getters) if self.getters else _const("")
+
+    def missing(self) -> MappingFault:
+        where = " | ".join(w for w in self.where if w) or "no source"
+        return MappingFault(101, self.first_loc(), f"{self.label}: required value missing "
+                            f"({where})")
+
+    def first_loc(self) -> str:
+        return _erl(next((w for w in self.where if w), ""))
+
+    def empty(self, scope: Scope) -> str:
+        """The value when every source is empty: default, generated UID, "" or a fault."""
+        if self.default is not None:
+            return self.default
+        if self.gen_uid:
+            return stable_uid(self.uid_key(scope), self.uid_root)
+        if self.required:
+            raise self.missing()
+        return ""
+
+    def finish(self, scope: Scope, v: str, warnings: list[str]) -> str:
+        """Convert and apply the VR rule to a non-empty value; faults name the source used."""
+        try:
+            if self.conv is not None:
+                v = self.conv(v)
+            if self.fixer is not None:
+                v, w = self.fixer(v)
+                if w:
+                    warnings.append(w)
+        except (cv.ConvertFault, VRFault) as exc:
+            raise self._fault(scope, exc) from None
+        return v
+
+    def _fault(self, scope: Scope, exc: Exception) -> MappingFault:
+        getters = self.getters
+        i = 0
+        if len(getters) != 1:  # which alternative gave the value (re-read: off the hot path)
+            i = next((k for k, g in enumerate(getters) if g(scope)), len(getters))
+        src = self.where[i] if i < len(self.where) else ""
+        text = str(exc)
+        if not text.startswith(self.label):
+            text = f"{self.label}: {text}"
+        return MappingFault(102, _erl(src) or self.first_loc(),
+                            text + (f" ({src})" if src else ""))
+
+
+def _compile_value(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> _Value | None:
     if ctx.kind == "dicom":
         try:
             _tag, keyword, vr = resolve_attribute(name)
@@ -430,10 +496,6 @@ def _value_op(name: str, spec: Attribute, ctx: _Ctx, loc: Loc
     start_field = keyword in ("ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime")
     if start_field and ctx.model.policies.missing_start_time == "message_time":
         sources.append((_term_fn(spec)(parse_path("MSH-7")), "MSH-7"))
-    getters = [g for g, _ in sources]
-    where = [w for _, w in sources]
-    conv = _value_converter(spec, ctx)
-    default = spec.default
     required = spec.required or (start_field and ctx.model.policies.missing_start_time == "refuse")
     gen_uid = spec.generate_uid and ctx.model.policies.missing_study_uid == "generate"
     if spec.generate_uid and not gen_uid:
@@ -441,50 +503,45 @@ def _value_op(name: str, spec: Attribute, ctx: _Ctx, loc: Loc
     if gen_uid and vr != "UI":
         ctx.problems.append(((*loc, "generate_uid"), f"found generate_uid on {keyword} ({vr}), "
                              "expected it only on UI attributes"))
-    uid_key, uid_root = ctx.uid_key, ctx.model.uid_root
     fixer = make_fixer(vr, spec.vr_policy or ctx.model.policies.vr, keyword) if vr else None
-    first_loc = _erl(next((w for w in where if w), ""))
-    label = keyword
-    n = len(getters)
-    single = getters[0] if n == 1 else None
+    return _Value(keyword, vr, [g for g, _ in sources], [w for _, w in sources],
+                  _value_converter(spec, ctx), spec.default, required, gen_uid, ctx.uid_key,
+                  ctx.model.uid_root, fixer)
+
+
+def _value_op(name: str, spec: Attribute, ctx: _Ctx, loc: Loc
+              ) -> tuple[Callable[[Scope, list[str]], str], str] | None:
+    """Compile the value side of an attribute: ``value(scope, warnings) -> str`` and its VR."""
+    val = _compile_value(name, spec, ctx, loc)
+    if val is None:
+        return None
+    get, empty, finish = val.get(), val.empty, val.finish
+    has_default = val.default is not None
 
     def value(scope: Scope, warnings: list[str]) -> str:
-        i = 0
-        if single is not None:
-            v = single(scope)
-        else:
-            v = ""
-            while i < n:
-                v = getters[i](scope)
-                if v:
-                    break
-                i += 1
+        v = get(scope)
         if not v:
-            if default is not None:
-                v = default
-            elif gen_uid:
-                v = stable_uid(uid_key(scope), uid_root)
-            elif required:
-                raise MappingFault(101, first_loc, f"{label}: required value missing "
-                                   f"({' | '.join(w for w in where if w) or 'no source'})")
-            else:
+            v = empty(scope)
+            if not v and not has_default:  # a default, even "", still meets the VR rule
                 return ""
-        try:
-            if conv is not None:
-                v = conv(v)
-            if fixer is not None:
-                v, w = fixer(v)
-                if w:
-                    warnings.append(w)
-        except (cv.ConvertFault, VRFault) as exc:
-            src = where[i] if i < len(where) else ""
-            text = str(exc)
-            if not text.startswith(label):
-                text = f"{label}: {text}"
-            raise MappingFault(102, _erl(src) or first_loc, text + (f" ({src})" if src else "")
-                               ) from None
-        return v
-    return value, vr
+        return finish(scope, v, warnings)
+    return value, val.vr
+
+
+# Fast VR checks in the DICOM op; each accepts only values the VR rule (vr.make_fixer) keeps
+# unchanged with no warning, anything else goes through the rule itself.
+_QUICK_NONE, _QUICK_TEXT, _QUICK_CS, _QUICK_PN = 0, 1, 2, 3
+
+
+def _quick_kind(vr: str) -> int:
+    if vr == "CS":
+        return _QUICK_CS  # upper-cased ASCII letters and digits
+    if vr == "PN":
+        return _QUICK_PN  # one component group, printable, at most 64
+    if vr in ("UI", "DA", "TM", "DT", "IS", "DS"):
+        return _QUICK_NONE  # a format to check (or a number to convert in the JSON)
+    # printable and no backslash: no match for either control-character class of vr.py
+    return _QUICK_TEXT
 
 
 def compile_dicom_attr(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> Op | None:
@@ -509,32 +566,67 @@ def compile_dicom_attr(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> Op | 
             item: dict[str, Any] = {}
             for op in sub:
                 op(scope, item, warnings)
-            if any("Value" in e for e in item.values()):
-                out[tag] = {"vr": "SQ", "Value": [item]}
-            elif not omit:
+            for e in item.values():
+                if "Value" in e:
+                    out[tag] = {"vr": "SQ", "Value": [item]}
+                    return
+            if not omit:
                 out[tag] = {"vr": "SQ"}
         return seq_op
-    compiled = _value_op(name, spec, ctx, loc)
-    if compiled is None:
+    val = _compile_value(name, spec, ctx, loc)
+    if val is None:
         return None
-    value, vr = compiled
+    vr = val.vr
     tag = resolve_attribute(name)[0]
     omit = spec.omit_empty
     when = predicate(spec.when) if spec.when is not None else None
-    empty = {"vr": vr}
     simple = vr not in ("PN", "IS", "DS")
+    get, empty, finish = val.get(), val.empty, val.finish
+    # no default, UID or required check: an empty value is just written empty (or omitted)
+    has_default = val.default is not None
+    plain_empty = not has_default and not val.gen_uid and not val.required
+    quick = _quick_kind(vr) if val.conv is None else _QUICK_NONE
+    limit = MAX_LENGTH.get(vr, 2**31)
 
+    # One closure per attribute, the fast checks inlined: this runs ~30 times per item.
     def attr_op(scope: Scope, out: dict[str, Any], warnings: list[str]) -> None:
         if when is not None and not when(scope):
             return
-        v = value(scope, warnings)
+        v = get(scope)
+        if not v:
+            if plain_empty:
+                if not omit:
+                    out[tag] = {"vr": vr}
+                return
+            v = empty(scope)
+            if not v:
+                if has_default:  # a default, even "", still meets the VR rule
+                    v = finish(scope, v, warnings)
+                if not v:
+                    if not omit:
+                        out[tag] = {"vr": vr}
+                    return
+        if quick == _QUICK_TEXT:
+            if len(v) <= limit and "\\" not in v and v.isprintable():
+                out[tag] = {"vr": vr, "Value": [v]}
+                return
+        elif quick == _QUICK_CS:
+            u = v.upper()
+            if len(u) <= limit and u.isascii() and u.isalnum():
+                out[tag] = {"vr": vr, "Value": [u]}
+                return
+        elif quick == _QUICK_PN:
+            if len(v) <= limit and "=" not in v and "\\" not in v and v.isprintable():
+                out[tag] = {"vr": vr, "Value": [{"Alphabetic": v}]}
+                return
+        v = finish(scope, v, warnings)
         if v:
             if simple and "\\" not in v:
                 out[tag] = {"vr": vr, "Value": [v]}
             else:
                 out[tag] = {"vr": vr, "Value": to_json_value(vr, v)}
         elif not omit:
-            out[tag] = dict(empty)
+            out[tag] = {"vr": vr}
     return attr_op
 
 

@@ -35,6 +35,10 @@ def test_other_delimiters_and_lf() -> None:
         ("MSHA^~\\&|", "MSH^1^1"),
         ("MSH|^^\\&|X", "MSH^1^2"),
         ("MSH|^|x|y", "MSH^1^2"),
+        ("MSH\x1c^~\\&\x1cRIS", "MSH^1^1"),  # FS would end the MLLP frame of our answer
+        ("MSH|^~\\|RIS", "MSH^1^2"),  # three encoding characters
+        ("MSH|^~|&|RIS", "MSH^1^2"),  # the field separator among them
+        ("MSH|^~\\M|RIS", "MSH^1^2"),  # a letter
     ],
 )
 def test_unusable_headers(text: str, location: str) -> None:

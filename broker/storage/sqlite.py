@@ -49,7 +49,9 @@ class Schema:
 @dataclass(slots=True)
 class _Unit:
     fn: WriteFn
-    future: Future[Any]
+    future: Future[Any] | None = None  # blocking callers (write_sync)
+    loop: asyncio.AbstractEventLoop | None = None  # async callers: resolved on their loop
+    waiter: asyncio.Future[Any] | None = None
 
 
 _STOP = object()
@@ -138,18 +140,24 @@ class SqliteDatabase:
         if self._writer is None:
             raise StoreError("the database is not open")
         future: Future[Any] = Future()
-        self._requests.put(_Unit(fn, future))
+        self._requests.put(_Unit(fn, future=future))
         return future
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a transaction and return its result once it is durable.
 
         Raises whatever ``fn`` raised (its changes rolled back, others' kept), or
-        :class:`StoreError` when the commit itself failed.
+        :class:`StoreError` when the commit itself failed. A caller cancelled meanwhile does
+        not stop the commit; its outcome is then simply dropped (arq's finish_job habit).
         """
-        # Shielded: a cancelled caller must not leave the unit half-known; the commit
-        # goes on and its outcome is simply dropped (arq's finish_job habit).
-        return await asyncio.shield(asyncio.wrap_future(self.submit(fn)))
+        if self._writer is None:
+            raise StoreError("the database is not open")
+        loop = asyncio.get_running_loop()
+        # A plain asyncio future, resolved with every other unit of its batch in one
+        # call_soon_threadsafe: one loop wake-up per commit instead of one per message.
+        waiter: asyncio.Future[T] = loop.create_future()
+        self._requests.put(_Unit(fn, loop=loop, waiter=waiter))
+        return await waiter
 
     def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Blocking :meth:`write`, for the command line and tests."""
@@ -185,8 +193,7 @@ class SqliteDatabase:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = StoreError(f"cannot begin a transaction on {self.path}: {exc}")
-            for unit in batch:
-                unit.future.set_exception(error)
+            _resolve([(unit, False, error) for unit in batch])
             return
         for unit in batch:
             try:
@@ -198,23 +205,18 @@ class SqliteDatabase:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK TO unit")
                     conn.execute("RELEASE unit")
-                results.append((unit, False, exc))
+                results.append((unit, False, _as_store_error(exc)))
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = StoreError(f"commit to {self.path} failed: {exc}")
-            for unit, _, _ in results:
-                unit.future.set_exception(error)
+            _resolve([(unit, False, error) for unit, _, _ in results])
             return
         self.commits += 1
         self.units_committed += len(batch)
-        for unit, ok, value in results:
-            if ok:
-                unit.future.set_result(value)
-            else:
-                unit.future.set_exception(_as_store_error(value))
+        _resolve(results)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -273,6 +275,35 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         return conn
+
+
+def _resolve(results: list[tuple[_Unit, bool, Any]]) -> None:
+    """Hand each unit its outcome: blocking callers directly, async callers in one call per
+    event loop (the loop wakes once per batch)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Unit, bool, Any]]] = {}
+    for result in results:
+        unit, ok, value = result
+        if unit.future is not None:
+            if ok:
+                unit.future.set_result(value)
+            else:
+                unit.future.set_exception(value)
+        elif unit.loop is not None:
+            by_loop.setdefault(unit.loop, []).append(result)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(_settle, items)
+
+
+def _settle(items: list[tuple[_Unit, bool, Any]]) -> None:
+    for unit, ok, value in items:
+        waiter = unit.waiter
+        if waiter is None or waiter.done():  # cancelled caller: the outcome is dropped
+            continue
+        if ok:
+            waiter.set_result(value)
+        else:
+            waiter.set_exception(value)
 
 
 def _as_store_error(exc: BaseException) -> BaseException:

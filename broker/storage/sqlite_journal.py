@@ -142,6 +142,7 @@ class SqliteJournal:
                 )
                 return CommitResult(journal_id, "AA", duplicate=True)
 
+        detail: dict[str, Any]
         if decision.ack_code != "AA":
             detail = {"errors": [asdict(e) for e in decision.errors], "actions": decision.actions}
             journal_id = self._insert(
@@ -149,7 +150,11 @@ class SqliteJournal:
             )
             return CommitResult(journal_id, decision.ack_code, decision.errors)
 
-        journal_id = self._insert(conn, record, "accepted", "AA", decision.route, {})
+        detail = {"actions": decision.actions}
+        journal_id = self._insert(conn, record, "accepted", "AA", decision.route, detail)
+        if not decision.effects:
+            self._remember(conn, record, journal_id)
+            return CommitResult(journal_id, "AA")
         conn.execute("SAVEPOINT effects")
         try:
             applied = tuple(self._apply(conn, effect, journal_id) for effect in decision.effects)
@@ -164,17 +169,22 @@ class SqliteJournal:
             )
             return CommitResult(journal_id, "AE", (error,))
         conn.execute("RELEASE effects")
+        detail["applied"] = applied
         conn.execute(
-            "UPDATE journal SET detail = ? WHERE id = ?",
-            (json.dumps({"actions": decision.actions, "applied": applied}), journal_id),
+            "UPDATE journal SET detail = ? WHERE id = ?", (json.dumps(detail), journal_id)
         )
+        self._remember(conn, record, journal_id)
+        return CommitResult(journal_id, "AA", applied=applied)
+
+    @staticmethod
+    def _remember(conn: sqlite3.Connection, record: InboundRecord, journal_id: int) -> None:
+        """Record the dedupe key of an accepted message (a resend is then answered, not applied)."""
         if record.control_id:
             conn.execute(
                 "INSERT OR REPLACE INTO dedupe (sender, control_id, journal_id, received_at)"
                 " VALUES (?, ?, ?, ?)",
                 (record.sender, record.control_id, journal_id, record.received_at),
             )
-        return CommitResult(journal_id, "AA", applied=applied)
 
     def _apply(self, conn: sqlite3.Connection, effect: Effect, journal_id: int) -> dict[str, Any]:
         applier = self.appliers.get(type(effect))

@@ -30,7 +30,7 @@ from broker.errors import ConflictError, StoreError
 from broker.storage.sqlite import Schema, SqliteDatabase
 from broker.worklist import item as wi
 from broker.worklist import lifecycle, mpps
-from broker.worklist.encode import encode_item, native_charset
+from broker.worklist.encode import Encoded, encode_item, native_charset
 from broker.worklist.item import DicomJson
 from broker.worklist.query import Constraint, IndexPlan
 
@@ -171,17 +171,44 @@ def _with_status(item: DicomJson, status: str) -> DicomJson:
 
 
 class _Row:
-    """An item prepared for storage: keys, JSON text and both encodings."""
+    """An item prepared for storage: keys first (cheap), JSON text and both encodings on demand.
 
-    __slots__ = ("charset", "enc_e", "enc_i", "item", "keys", "text")
+    Encoding is most of an upsert's cost, so it happens once, after the final status is known.
+    """
+
+    __slots__ = ("_charset", "_enc_e", "_enc_i", "_text", "item", "keys")
 
     def __init__(self, item: DicomJson) -> None:
         self.item = item
         self.keys = wi.index_keys(item)
-        self.charset = native_charset(item)
-        self.enc_i = encode_item(item, self.charset, explicit=False)
-        self.enc_e = encode_item(item, self.charset, explicit=True)
-        self.text = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+        self._charset: str | None = None
+        self._enc_i: Encoded | None = None
+        self._enc_e: Encoded | None = None
+        self._text: str | None = None
+
+    @property
+    def charset(self) -> str:
+        if self._charset is None:
+            self._charset = native_charset(self.item)
+        return self._charset
+
+    @property
+    def enc_i(self) -> Encoded:
+        if self._enc_i is None:
+            self._enc_i = encode_item(self.item, self.charset, explicit=False)
+        return self._enc_i
+
+    @property
+    def enc_e(self) -> Encoded:
+        if self._enc_e is None:
+            self._enc_e = encode_item(self.item, self.charset, explicit=True)
+        return self._enc_e
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = json.dumps(self.item, ensure_ascii=False, separators=(",", ":"))
+        return self._text
 
     def item_values(
         self, order_key: str, patient_key: str, source: str, now: str, journal_id: int | None
@@ -350,7 +377,8 @@ def apply_worklist_upsert(
             new = asked or lifecycle.SCHEDULED
         else:
             new = (lifecycle.transition(old, asked) if asked else None) or old
-        row = _Row(_with_status(row.item, new))
+        if new != row.keys.status:
+            row = _Row(_with_status(row.item, new))
         _replace(conn, item_id, row, effect.patient_key, now, journal_id)
         if new != old:
             _history(conn, item_id, old, new, "order updated", "hl7", journal_id, now)

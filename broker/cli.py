@@ -264,6 +264,15 @@ def journal_show(config: Path | None, journal_id: int, show_phi: bool) -> None:
         db.close()
 
 
+def _register_groups() -> None:
+    from broker import cli_worklist
+
+    cli_worklist.register(main, _load, config_option)
+
+
+_register_groups()
+
+
 def _time(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -224,8 +224,13 @@ class Broker:
                 removed = await asyncio.to_thread(self.journal.purge, conf.retention_days * 86400)
                 if removed:
                     log.info("journal retention: removed %d entries", removed)
+                purged = await asyncio.to_thread(
+                    self.worklist.purge, self.settings.worklist.retention_days
+                )
+                if purged:
+                    log.info("worklist retention: removed %d finished items", purged)
             except Exception:
-                log.exception("journal retention failed; will try again")
+                log.exception("retention failed; will try again")
             await asyncio.sleep(conf.purge_interval_s)
 
 

@@ -110,6 +110,16 @@ class JournalSettings(_Model):
     purge_interval_s: float = Field(3600, gt=0, description="How often retention runs.")
 
 
+class WorklistSettings(_Model):
+    """Worklist lifecycle."""
+
+    retention_days: int = Field(
+        90,
+        ge=1,
+        description="Finished items (completed, discontinued, cancelled) are purged after this.",
+    )
+
+
 class LoggingSettings(_Model):
     """Logging; patient data is redacted unless `show_phi` is true."""
 
@@ -143,6 +153,7 @@ class Settings(_Model):
     dicom: DicomSettings = Field(default_factory=DicomSettings)  # type: ignore[arg-type]
     http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
     journal: JournalSettings = Field(default_factory=JournalSettings)  # type: ignore[arg-type]
+    worklist: WorklistSettings = Field(default_factory=WorklistSettings)  # type: ignore[arg-type]
     logging: LoggingSettings = Field(default_factory=LoggingSettings)  # type: ignore[arg-type]
     destinations: dict[str, Destination] = Field(
         default_factory=dict,

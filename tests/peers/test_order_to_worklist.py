@@ -54,7 +54,14 @@ def findscu(broker: BrokerProcess, out: Path, *keys: str) -> list[Dataset]:
     for old in out.glob("rsp*.dcm"):
         old.unlink()
     args = [FINDSCU, "-W", "-X", "-od", str(out), "-aec", "BROKER", "-aet", "CT1_AE"]
+    # findscu lets a later -k override an earlier one for the same key: matching keys must
+    # win over the empty return keys, whatever order the caller gives them in.
+    chosen: dict[str, str] = {}
     for key in keys:
+        name, _, value = key.partition("=")
+        if value or name not in chosen:
+            chosen[name] = key
+    for key in chosen.values():
         args += ["-k", key]
     result = subprocess.run(
         [*args, "127.0.0.1", str(broker.dicom_port)],
@@ -152,3 +159,34 @@ def test_mpps_moves_the_step_and_completed_leaves_the_worklist(
     finally:
         assoc.release()
     assert findscu(wl_broker, tmp_path / "q3", "AccessionNumber=ACC26110001", *RETURN_KEYS) == []
+
+
+def test_a_new_order_reusing_a_study_uid_is_refused_not_overwritten(
+    wl_broker: BrokerProcess, tmp_path: Path
+) -> None:
+    mllp_send(wl_broker, "orm_o01_v231.hl7")
+    other = (SAMPLES_DIR / "orm_o01_v231.hl7").read_bytes()
+    other = other.replace(b"PL20261102001", b"PL20269999999").replace(
+        b"FL20261102001", b"FL20269999999"
+    )
+    other = other.replace(b"ACC26110001", b"ACC99999999").replace(b"RIS26110200101", b"RIS99")
+    path = tmp_path / "reuse.hl7"
+    path.write_bytes(other)
+    result = subprocess.run(
+        [str(MLLP_SEND), "--loose", "-p", str(wl_broker.mllp_port), "-f", str(path), "127.0.0.1"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    ack = result.stdout.decode("latin-1")
+    assert "MSA|AE|RIS99" in ack
+    assert "ERR|ZDS^1^1" in ack.replace("\r", "\n") or "ZDS" in ack
+    # the first order's item is untouched; the second order created nothing
+    (item,) = findscu(
+        wl_broker,
+        tmp_path / "q",
+        "StudyInstanceUID=1.2.826.0.1.3680043.2.1125.20261102083015.1002341",
+        *RETURN_KEYS,
+    )
+    assert item.AccessionNumber == "ACC26110001"
+    assert findscu(wl_broker, tmp_path / "q2", "AccessionNumber=ACC99999999", *RETURN_KEYS) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import operator
 import re
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,15 @@ from typing import Any
 from broker.hl7.message import compile_path
 from broker.mapping import convert as cv
 from broker.mapping.models import Attribute, Lookup, MappingFile, Predicate, Source
-from broker.mapping.paths import Constant, HL7Path, Term, Variable, parse_expression, parse_path
+from broker.mapping.paths import (
+    Constant,
+    HL7Path,
+    Term,
+    Variable,
+    format_expression,
+    parse_expression,
+    parse_path,
+)
 from broker.mapping.scope import SLOW, Scope
 from broker.mapping.template import parse_template
 from broker.mapping.vr import (
@@ -78,16 +87,21 @@ def path_getter(p: HL7Path) -> Getter:
     name, f, r = p.segment, p.field, p.repetition
     c, s = p.component, p.subcomponent
     if f == 0:
+
         def seg_exists(scope: Scope) -> str:
             return name if scope.has_segment(name) else ""
+
         return seg_exists
     mp = compile_path(str(p))
     if p.occurrence is not None:
+
         def explicit(scope: Scope) -> str:
             v = scope.message.get(mp)
             return "" if v == '""' else v
+
         return explicit
     if r == 0:
+
         def every(scope: Scope) -> str:
             segs = scope.segs
             if name in segs:
@@ -100,6 +114,7 @@ def path_getter(p: HL7Path) -> Getter:
             else:
                 vals = scope.message.get_all(mp)
             return "\\".join(v for v in vals if v and v != '""')
+
         return every
 
     def slow(scope: Scope) -> str:
@@ -111,16 +126,19 @@ def path_getter(p: HL7Path) -> Getter:
         else:
             v = scope.message.get(mp)
         return "" if v == '""' else v
+
+    if name == "MSH" and f <= 2:
+        return slow  # the delimiters themselves, returned as written
     return _fast_getter(name, f, r, c, s, slow)
 
 
-def _fast_getter(name: str, f: int, r: int, c: int | None, s: int | None,
-                 slow: Getter) -> Getter:
+def _fast_getter(name: str, f: int, r: int, c: int | None, s: int | None, slow: Getter) -> Getter:
     """A getter specialised by path shape that reads a plain segment (``Scope.plain``) by
     index, with the result ``Message.get`` gives there; ``slow`` reads any other segment."""
     if r != 1 or (s is not None and s > 1):
         return _general_getter(name, f, r, c, s, slow)
     if c is None:
+
         def field(scope: Scope) -> str:
             fl, rs, _cs = scope.segfields.get(name) or scope.plain(name)
             if fl is SLOW[0]:
@@ -130,8 +148,10 @@ def _fast_getter(name: str, f: int, r: int, c: int | None, s: int | None,
             v = fl[f]
             i = v.find(rs)
             return v if i < 0 else v[:i]
+
         return field
     if c == 1:
+
         def first_component(scope: Scope) -> str:
             fl, rs, cs = scope.segfields.get(name) or scope.plain(name)
             if fl is SLOW[0]:
@@ -144,6 +164,7 @@ def _fast_getter(name: str, f: int, r: int, c: int | None, s: int | None,
                 v = v[:i]
             i = v.find(cs)
             return v if i < 0 else v[:i]
+
         return first_component
     ci = c - 1
 
@@ -159,13 +180,16 @@ def _fast_getter(name: str, f: int, r: int, c: int | None, s: int | None,
             v = v[:i]
         parts = v.split(cs, ci + 1)
         return parts[ci] if ci < len(parts) else ""
+
     return component
 
 
-def _general_getter(name: str, f: int, r: int, c: int | None, s: int | None,
-                    slow: Getter) -> Getter:
+def _general_getter(
+    name: str, f: int, r: int, c: int | None, s: int | None, slow: Getter
+) -> Getter:
     """Any repetition, any subcomponent: a plain segment holds no subcomponent separator, so a
     subcomponent above 1 is empty there (as ``Message.get`` finds it)."""
+
     def general(scope: Scope) -> str:
         fl, rs, cs = scope.segfields.get(name) or scope.plain(name)
         if fl is SLOW[0]:
@@ -184,18 +208,21 @@ def _general_getter(name: str, f: int, r: int, c: int | None, s: int | None,
             if s is not None and s > 1:
                 return ""
         return v
+
     return general
 
 
 def _const(value: str) -> Getter:
     def const(scope: Scope) -> str:
         return value
+
     return const
 
 
 def _var(name: str) -> Getter:
     def var(scope: Scope) -> str:
         return scope.vars.get(name, "")
+
     return var
 
 
@@ -216,6 +243,7 @@ def first_of(getters: list[Getter]) -> Getter:
 
         def either(scope: Scope) -> str:
             return a(scope) or b(scope)
+
         return either
 
     def first(scope: Scope) -> str:
@@ -224,6 +252,7 @@ def first_of(getters: list[Getter]) -> Getter:
             if v:
                 return v
         return ""
+
     return first
 
 
@@ -232,22 +261,30 @@ def expr_getter(text: str) -> Getter:
 
 
 def template_getter(text: str) -> Getter:
-    parts: list[str | Getter] = []
+    head = ""
+    pairs: list[tuple[Getter, str]] = []  # (placeholder, literal after it)
     for part in parse_template(text):
-        parts.append(part if isinstance(part, str) else first_of([term_getter(t) for t in part]))
+        if isinstance(part, str):
+            if pairs:
+                pairs[-1] = (pairs[-1][0], pairs[-1][1] + part)
+            else:
+                head += part
+        else:
+            pairs.append((first_of([term_getter(t) for t in part]), ""))
+    if not pairs:
+        return _const("")  # no placeholder: never filled
 
     def render(scope: Scope) -> str:
-        out: list[str] = []
+        out = head
         filled = False
-        for p in parts:
-            if isinstance(p, str):
-                out.append(p)
-            else:
-                v = p(scope)
-                if v:
-                    filled = True
-                out.append(v)
-        return "".join(out) if filled else ""
+        for g, lit in pairs:
+            v = g(scope)
+            if v:
+                filled = True
+                out += v
+            out += lit
+        return out if filled else ""
+
     return render
 
 
@@ -285,8 +322,9 @@ class _Ctx:
     kind: str
 
 
-def load_tables(model: MappingFile, base: FsPath | None, problems: list[tuple[Loc, str]]
-                ) -> dict[str, dict[str, dict[str, str]]]:
+def load_tables(
+    model: MappingFile, base: FsPath | None, problems: list[tuple[Loc, str]]
+) -> dict[str, dict[str, dict[str, str]]]:
     """Read inline and CSV tables into ``{key: {column: value}}``."""
     out: dict[str, dict[str, dict[str, str]]] = {}
     for name, spec in model.tables.items():
@@ -301,42 +339,72 @@ def load_tables(model: MappingFile, base: FsPath | None, problems: list[tuple[Lo
                 with path.open(newline="", encoding="utf-8") as fh:
                     reader = csv.DictReader(fh)
                     if reader.fieldnames is None or spec.key not in reader.fieldnames:
-                        problems.append((("tables", name, "key"),
-                                         f"found columns {reader.fieldnames}, expected a "
-                                         f"column {spec.key!r} in {spec.csv}"))
+                        problems.append(
+                            (
+                                ("tables", name, "key"),
+                                f"found columns {reader.fieldnames}, expected a "
+                                f"column {spec.key!r} in {spec.csv}",
+                            )
+                        )
                         continue
                     for row in reader:
                         key = (row.get(spec.key) or "").strip()
                         rows[key] = {c: (v or "").strip() for c, v in row.items() if c}
-                        rows[key].setdefault("value", next(
-                            (v for c, v in rows[key].items() if c != spec.key), ""))
+                        rows[key].setdefault(
+                            "value", next((v for c, v in rows[key].items() if c != spec.key), "")
+                        )
             except OSError as exc:
-                problems.append((("tables", name, "csv"),
-                                 f"found no readable file {spec.csv!r} ({exc.strerror}), "
-                                 "expected a CSV file relative to the mapping"))
+                problems.append(
+                    (
+                        ("tables", name, "csv"),
+                        f"found no readable file {spec.csv!r} ({exc.strerror}), "
+                        "expected a CSV file relative to the mapping",
+                    )
+                )
                 continue
         out[name] = rows
     return out
+
+
+_NO_ROW: dict[str, str] = {}
 
 
 def _lookup_getter(lk: Lookup, ctx: _Ctx, loc: Loc) -> Getter:
     table = ctx.tables.get(lk.table)
     if table is None:
         if lk.table not in ctx.model.tables:
-            ctx.problems.append(((*loc, "table"), f"found {lk.table!r}, expected one of the "
-                                 f"tables {sorted(ctx.model.tables)}"))
+            ctx.problems.append(
+                (
+                    (*loc, "table"),
+                    f"found {lk.table!r}, expected one of the tables {sorted(ctx.model.tables)}",
+                )
+            )
         return _const("")
     key = expr_getter(lk.key)
     col = lk.column
+    if any(isinstance(t, Variable) for t in parse_expression(lk.key)):
 
-    def lookup(scope: Scope) -> str:
-        row = table.get(key(scope))
-        return "" if row is None else row.get(col, "")
-    return lookup
+        def lookup(scope: Scope) -> str:
+            row = table.get(key(scope))
+            return "" if row is None else row.get(col, "")
+
+        return lookup
+    # The row is read once per scope and kept: a mapping takes several columns of one row.
+    row_key = f"{lk.table}\0{format_expression(parse_expression(lk.key))}"
+
+    def lookup_row(scope: Scope) -> str:
+        rows = scope.rows
+        row = rows.get(row_key)
+        if row is None:
+            row = rows[row_key] = table.get(key(scope)) or _NO_ROW
+        return row.get(col, "")
+
+    return lookup_row
 
 
-def _source_getters(spec: Attribute | Source, ctx: _Ctx, loc: Loc,
-                    term_fn: Callable[[Term], Getter]) -> list[tuple[Getter, str]]:
+def _source_getters(
+    spec: Attribute | Source, ctx: _Ctx, loc: Loc, term_fn: Callable[[Term], Getter]
+) -> list[tuple[Getter, str]]:
     """(getter, HL7 path text for fault locations) for each alternative of an attribute."""
     out: list[tuple[Getter, str]] = []
     if spec.from_ is not None:
@@ -367,10 +435,15 @@ def _name_getter(t: Term, comps: tuple[int, ...]) -> Getter:
     """XPN/XCN → PN: read each component of the field (subcomponent 1) in PN order."""
     if not isinstance(t, HL7Path) or t.component is not None:
         return term_getter(t)
-    getters = [path_getter(HL7Path(t.segment, t.occurrence, t.field, t.repetition or 1, c, 1))
-               for c in comps]
+    getters = [
+        path_getter(HL7Path(t.segment, t.occurrence, t.field, t.repetition or 1, c, 1))
+        for c in comps
+    ]
     whole = path_getter(HL7Path(t.segment, t.occurrence, t.field, t.repetition or 1))
     idx = [c - 1 for c in comps]
+    top = max(idx) + 1
+    pick = operator.itemgetter(*idx)
+    one = len(idx) == 1
 
     def pn(scope: Scope) -> str:
         # One read of the field, split here; per-component reads only when escapes need
@@ -378,13 +451,18 @@ def _name_getter(t: Term, comps: tuple[int, ...]) -> Getter:
         raw = whole(scope)
         if not raw:
             return ""
-        seps = scope.message.separators
-        if seps.escape in raw:
+        _fs, cs, _rs, esc, ss = scope.message.separators
+        if esc in raw:
             return cv.components_to_pn([g(scope) for g in getters])
-        parts = raw.split(seps.component)
-        n = len(parts)
-        ss = seps.subcomponent
-        return "^".join((parts[i].split(ss, 1)[0] if i < n else "") for i in idx).rstrip("^")
+        parts = raw.split(cs)
+        if len(parts) < top:
+            parts += [""] * (top - len(parts))
+        if ss in raw:
+            parts = [p.split(ss, 1)[0] for p in parts]
+        if one:
+            return str(pick(parts)).rstrip("^")
+        return "^".join(pick(parts)).rstrip("^")
+
     return pn
 
 
@@ -406,10 +484,12 @@ def _term_fn(spec: Attribute) -> Callable[[Term], Getter]:
         comps = tuple(spec.components or (cv.XPN_TO_PN if spec.convert == "pn" else cv.XCN_TO_PN))
         return lambda t: _name_getter(t, comps)
     if spec.convert in ("da", "tm", "dt"):
+
         def ts_term(t: Term) -> Getter:
             if isinstance(t, HL7Path) and t.component is None and t.field:
                 t = HL7Path(t.segment, t.occurrence, t.field, t.repetition, 1, None)
             return term_getter(t)
+
         return ts_term
     return term_getter
 
@@ -433,6 +513,7 @@ class _Value:
     uid_key: Getter
     uid_root: str | None
     fixer: Callable[[str], tuple[str, str]] | None
+    const: str | None  # the value when the only source is a constant
 
     def get(self) -> Getter:
         """The first non-empty source value."""
@@ -440,8 +521,9 @@ class _Value:
 
     def missing(self) -> MappingFault:
         where = " | ".join(w for w in self.where if w) or "no source"
-        return MappingFault(101, self.first_loc(), f"{self.label}: required value missing "
-                            f"({where})")
+        return MappingFault(
+            101, self.first_loc(), f"{self.label}: required value missing ({where})"
+        )
 
     def first_loc(self) -> str:
         return _erl(next((w for w in self.where if w), ""))
@@ -478,8 +560,7 @@ class _Value:
         text = str(exc)
         if not text.startswith(self.label):
             text = f"{self.label}: {text}"
-        return MappingFault(102, _erl(src) or self.first_loc(),
-                            text + (f" ({src})" if src else ""))
+        return MappingFault(102, _erl(src) or self.first_loc(), text + (f" ({src})" if src else ""))
 
 
 def _compile_value(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> _Value | None:
@@ -487,8 +568,9 @@ def _compile_value(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> _Value | 
         try:
             _tag, keyword, vr = resolve_attribute(name)
         except UnknownKeyword:
-            ctx.problems.append((loc, f"found {name!r}, expected a DICOM keyword (PS3.6) "
-                                 "or an 8-digit tag"))
+            ctx.problems.append(
+                (loc, f"found {name!r}, expected a DICOM keyword (PS3.6) or an 8-digit tag")
+            )
             return None
     else:
         keyword, vr = name, ""
@@ -501,16 +583,39 @@ def _compile_value(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> _Value | 
     if spec.generate_uid and not gen_uid:
         required = True
     if gen_uid and vr != "UI":
-        ctx.problems.append(((*loc, "generate_uid"), f"found generate_uid on {keyword} ({vr}), "
-                             "expected it only on UI attributes"))
+        ctx.problems.append(
+            (
+                (*loc, "generate_uid"),
+                f"found generate_uid on {keyword} ({vr}), expected it only on UI attributes",
+            )
+        )
     fixer = make_fixer(vr, spec.vr_policy or ctx.model.policies.vr, keyword) if vr else None
-    return _Value(keyword, vr, [g for g, _ in sources], [w for _, w in sources],
-                  _value_converter(spec, ctx), spec.default, required, gen_uid, ctx.uid_key,
-                  ctx.model.uid_root, fixer)
+    const = None
+    if len(sources) == 1 and spec.lookup is None and spec.template is None and not spec.first:
+        if spec.from_ is None:
+            const = spec.value
+        elif spec.value is None:
+            (term,) = parse_expression(spec.from_)
+            const = term.value if isinstance(term, Constant) else None
+    return _Value(
+        keyword,
+        vr,
+        [g for g, _ in sources],
+        [w for _, w in sources],
+        _value_converter(spec, ctx),
+        spec.default,
+        required,
+        gen_uid,
+        ctx.uid_key,
+        ctx.model.uid_root,
+        fixer,
+        const,
+    )
 
 
-def _value_op(name: str, spec: Attribute, ctx: _Ctx, loc: Loc
-              ) -> tuple[Callable[[Scope, list[str]], str], str] | None:
+def _value_op(
+    name: str, spec: Attribute, ctx: _Ctx, loc: Loc
+) -> tuple[Callable[[Scope, list[str]], str], str] | None:
     """Compile the value side of an attribute: ``value(scope, warnings) -> str`` and its VR."""
     val = _compile_value(name, spec, ctx, loc)
     if val is None:
@@ -525,6 +630,7 @@ def _value_op(name: str, spec: Attribute, ctx: _Ctx, loc: Loc
             if not v and not has_default:  # a default, even "", still meets the VR rule
                 return ""
         return finish(scope, v, warnings)
+
     return value, val.vr
 
 
@@ -552,11 +658,18 @@ def compile_dicom_attr(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> Op | 
             ctx.problems.append((loc, f"found {name!r}, expected a DICOM keyword (PS3.6)"))
             return None
         if vr != "SQ":
-            ctx.problems.append(((*loc, "items"), f"found items on {keyword} ({vr}), "
-                                 "expected them only on SQ attributes"))
+            ctx.problems.append(
+                (
+                    (*loc, "items"),
+                    f"found items on {keyword} ({vr}), expected them only on SQ attributes",
+                )
+            )
             return None
-        sub = [op for k, s in spec.items.items()
-               if (op := compile_dicom_attr(k, s, ctx, (*loc, "items", k))) is not None]
+        sub = [
+            op
+            for k, s in spec.items.items()
+            if (op := compile_dicom_attr(k, s, ctx, (*loc, "items", k))) is not None
+        ]
         omit = spec.omit_empty
         when = predicate(spec.when) if spec.when is not None else None
 
@@ -572,6 +685,7 @@ def compile_dicom_attr(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> Op | 
                     return
             if not omit:
                 out[tag] = {"vr": "SQ"}
+
         return seq_op
     val = _compile_value(name, spec, ctx, loc)
     if val is None:
@@ -587,6 +701,17 @@ def compile_dicom_attr(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> Op | 
     plain_empty = not has_default and not val.gen_uid and not val.required
     quick = _quick_kind(vr) if val.conv is None else _QUICK_NONE
     limit = MAX_LENGTH.get(vr, 2**31)
+
+    if when is None and val.const and vr not in ("PN", "IS", "DS"):
+        fixed = _fixed_constant(val)
+        if fixed:
+
+            def const_op(scope: Scope, out: dict[str, Any], warnings: list[str]) -> None:
+                out[tag] = {"vr": vr, "Value": [fixed]}
+
+            return const_op
+    if when is None and plain_empty and quick != _QUICK_NONE:
+        return _common_op(tag, vr, quick, limit, omit, get, finish)
 
     # One closure per attribute, the fast checks inlined: this runs ~30 times per item.
     def attr_op(scope: Scope, out: dict[str, Any], warnings: list[str]) -> None:
@@ -615,10 +740,15 @@ def compile_dicom_attr(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> Op | 
             if len(u) <= limit and u.isascii() and u.isalnum():
                 out[tag] = {"vr": vr, "Value": [u]}
                 return
-        elif quick == _QUICK_PN:
-            if len(v) <= limit and "=" not in v and "\\" not in v and v.isprintable():
-                out[tag] = {"vr": vr, "Value": [{"Alphabetic": v}]}
-                return
+        elif (
+            quick == _QUICK_PN
+            and len(v) <= limit
+            and "=" not in v
+            and "\\" not in v
+            and v.isprintable()
+        ):
+            out[tag] = {"vr": vr, "Value": [{"Alphabetic": v}]}
+            return
         v = finish(scope, v, warnings)
         if v:
             if simple and "\\" not in v:
@@ -627,7 +757,86 @@ def compile_dicom_attr(name: str, spec: Attribute, ctx: _Ctx, loc: Loc) -> Op | 
                 out[tag] = {"vr": vr, "Value": to_json_value(vr, v)}
         elif not omit:
             out[tag] = {"vr": vr}
+
     return attr_op
+
+
+def _fixed_constant(val: _Value) -> str:
+    """A constant value converted and checked once, at compile time; "" when that gives no
+    value, a warning or a fault (those must be reported per message, so are left to the op)."""
+    assert val.const is not None
+    warnings: list[str] = []
+    try:
+        v = val.const
+        if val.conv is not None:
+            v = val.conv(v)
+        if val.fixer is not None:
+            v, w = val.fixer(v)
+            if w:
+                warnings.append(w)
+    except (cv.ConvertFault, VRFault):
+        return ""
+    return "" if warnings or "\\" in v else v
+
+
+def _common_op(
+    tag: str,
+    vr: str,
+    quick: int,
+    limit: int,
+    omit: bool,
+    get: Getter,
+    finish: Callable[[Scope, str, list[str]], str],
+) -> Op:
+    """The usual attribute (no condition, default, UID, requirement or conversion), one
+    closure per VR class; a value the quick check does not accept goes through the VR rule."""
+
+    def rule(scope: Scope, v: str, out: dict[str, Any], warnings: list[str]) -> None:
+        v = finish(scope, v, warnings)
+        if v:
+            out[tag] = {"vr": vr, "Value": to_json_value(vr, v)}
+        elif not omit:
+            out[tag] = {"vr": vr}
+
+    if quick == _QUICK_CS:
+
+        def cs_op(scope: Scope, out: dict[str, Any], warnings: list[str]) -> None:
+            v = get(scope)
+            if v:
+                u = v.upper()
+                if len(u) <= limit and u.isascii() and u.isalnum():
+                    out[tag] = {"vr": vr, "Value": [u]}
+                else:
+                    rule(scope, v, out, warnings)
+            elif not omit:
+                out[tag] = {"vr": vr}
+
+        return cs_op
+    if quick == _QUICK_PN:
+
+        def pn_op(scope: Scope, out: dict[str, Any], warnings: list[str]) -> None:
+            v = get(scope)
+            if v:
+                if len(v) <= limit and "=" not in v and "\\" not in v and v.isprintable():
+                    out[tag] = {"vr": vr, "Value": [{"Alphabetic": v}]}
+                else:
+                    rule(scope, v, out, warnings)
+            elif not omit:
+                out[tag] = {"vr": vr}
+
+        return pn_op
+
+    def text_op(scope: Scope, out: dict[str, Any], warnings: list[str]) -> None:
+        v = get(scope)
+        if v:
+            if len(v) <= limit and "\\" not in v and v.isprintable():
+                out[tag] = {"vr": vr, "Value": [v]}
+            else:
+                rule(scope, v, out, warnings)
+        elif not omit:
+            out[tag] = {"vr": vr}
+
+    return text_op
 
 
 def make_ctx(model: MappingFile, base: FsPath | None) -> _Ctx:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import calendar
 import datetime as _dt
 import re
 from collections.abc import Sequence
@@ -18,6 +19,23 @@ _TS_RE = re.compile(
     r"^(?P<y>[0-9]{4})(?P<mo>[0-9]{2})?(?P<d>[0-9]{2})?(?P<h>[0-9]{2})?(?P<mi>[0-9]{2})?"
     r"(?P<s>[0-9]{2})?(?:\.(?P<f>[0-9]{1,6}))?(?P<tz>[+-][0-9]{4})?$"
 )
+
+_DIGIT_LENGTHS = frozenset({4, 6, 8, 10, 12, 14})
+#: last day of each month ("29": February, when the year is a leap year)
+_MONTH_DAYS = {
+    "01": "31",
+    "02": "29",
+    "03": "31",
+    "04": "30",
+    "05": "31",
+    "06": "30",
+    "07": "31",
+    "08": "31",
+    "09": "30",
+    "10": "31",
+    "11": "30",
+    "12": "31",
+}
 
 #: HL7 table 0001 → DICOM PatientSex (PS3.3 C.7.1.1). U (unknown) → empty: type 2, unknown.
 SEX_CODES: dict[str, str] = {"M": "M", "F": "F", "O": "O", "A": "O", "N": "O", "X": "O", "U": ""}
@@ -37,7 +55,9 @@ class TimeStamp:
 
     __slots__ = ("day", "fraction", "hour", "minute", "month", "second", "tz", "year")
 
-    def __init__(self, m: re.Match[str]) -> None:
+    def __init__(self, m: re.Match[str] | None) -> None:
+        if m is None:  # filled by _digits_ts
+            return
         self.year = m.group("y")
         self.month = m.group("mo")
         self.day = m.group("d")
@@ -48,16 +68,33 @@ class TimeStamp:
         self.tz = m.group("tz")
 
 
+def _digits_ts(v: str) -> TimeStamp:
+    """What ``_TS_RE`` makes of 4 to 14 ASCII digits of even length, without the regex."""
+    ts = TimeStamp(None)
+    n = len(v)
+    ts.year = v[:4]
+    ts.month = v[4:6] if n >= 6 else None
+    ts.day = v[6:8] if n >= 8 else None
+    ts.hour = v[8:10] if n >= 10 else None
+    ts.minute = v[10:12] if n >= 12 else None
+    ts.second = v[12:14] if n >= 14 else None
+    ts.fraction = ts.tz = None
+    return ts
+
+
 def parse_ts(value: str, timezone: str | None = None) -> TimeStamp:
     """Parse the first component of a TS (cut at ``^``/``&``); shift it to ``timezone``.
 
     Raises ConvertFault for an impossible date or time (month 13, 30 February, 25:00).
     """
     v = value.split("^", 1)[0].split("&", 1)[0].strip()
-    m = _TS_RE.match(v)
-    if m is None:
-        raise ConvertFault("found a value that is not a timestamp, expected YYYYMMDD[HHMM[SS]]")
-    ts = TimeStamp(m)
+    if v.isdigit() and v.isascii() and len(v) in _DIGIT_LENGTHS:  # the usual YYYYMMDD[HHMM[SS]]
+        ts = _digits_ts(v)
+    else:
+        m = _TS_RE.match(v)
+        if m is None:
+            raise ConvertFault("found a value that is not a timestamp, expected YYYYMMDD[HHMM[SS]]")
+        ts = TimeStamp(m)
     try:
         _dt.date(int(ts.year), int(ts.month or 1), int(ts.day or 1))
         _dt.time(int(ts.hour or 0), int(ts.minute or 0), int(ts.second or 0))
@@ -73,8 +110,13 @@ def _shift(ts: TimeStamp, raw: str, timezone: str) -> TimeStamp:
     assert ts.tz is not None
     offset = _dt.timedelta(hours=int(ts.tz[1:3]), minutes=int(ts.tz[3:5])) * sign
     moment = _dt.datetime(
-        int(ts.year), int(ts.month or 1), int(ts.day or 1), int(ts.hour or 0),
-        int(ts.minute or 0), int(ts.second or 0), tzinfo=_dt.timezone(offset),
+        int(ts.year),
+        int(ts.month or 1),
+        int(ts.day or 1),
+        int(ts.hour or 0),
+        int(ts.minute or 0),
+        int(ts.second or 0),
+        tzinfo=_dt.timezone(offset),
     )
     local = moment.astimezone(_zone(timezone))
     off = local.utcoffset() or _dt.timedelta(0)
@@ -97,10 +139,36 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+def _valid_digits(v: str) -> bool:
+    """Whether ``YYYY[MM[DD[HH[MM[SS]]]]]`` (ASCII digits, even length) is a real date and
+    time: the usual timestamp, checked on the digits without parse_ts (the same verdict as its
+    ``datetime`` check; two-digit strings compare as their numbers)."""
+    n = len(v)
+    if n not in _DIGIT_LENGTHS or not (v.isdigit() and v.isascii()) or v[:4] == "0000":
+        return False
+    if n >= 6:
+        last = _MONTH_DAYS.get(v[4:6])
+        if last is None:
+            return False
+        if n >= 8:
+            day = v[6:8]
+            if (
+                day == "00"
+                or day > last
+                or (day == "29" and last == "29" and not calendar.isleap(int(v[:4])))
+            ):
+                return False
+    return (
+        (n < 10 or v[8:10] < "24") and (n < 12 or v[10:12] < "60") and (n < 14 or v[12:14] < "60")
+    )
+
+
 def to_da(value: str, timezone: str | None = None) -> str:
     """TS → DA ``YYYYMMDD``; "" for an empty value; ConvertFault when the day is missing."""
     if not value:
         return ""
+    if len(value) >= 8 and _valid_digits(value):  # no offset: nothing to shift
+        return value[:8]
     ts = parse_ts(value, timezone)
     if ts.day is None:
         raise ConvertFault("found a timestamp without a day, expected YYYYMMDD")
@@ -111,6 +179,8 @@ def to_tm(value: str, timezone: str | None = None) -> str:
     """TS → TM ``HHMM[SS[.F]]`` at the precision sent; "" when the value has no time."""
     if not value:
         return ""
+    if _valid_digits(value):  # no offset: nothing to shift
+        return value[8:]
     ts = parse_ts(value, timezone)
     if ts.hour is None:
         return ""
@@ -143,7 +213,8 @@ def to_sex(value: str, table: dict[str, str] | None = None) -> str:
         return t[value.strip().upper()]
     except KeyError:
         raise ConvertFault(
-            "found a code not in HL7 table 0001, expected M, F, O, U, A or N") from None
+            "found a code not in HL7 table 0001, expected M, F, O, U, A or N"
+        ) from None
 
 
 def components_to_pn(parts: Sequence[str]) -> str:

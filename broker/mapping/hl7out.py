@@ -73,5 +73,7 @@ class OutMessage:
     def text(self) -> str:
         """The message, segments ended by CR (HL7 v2.5.1 §2.5.5)."""
         fs = self.seps.field
-        return "".join(fs.join(seg).rstrip(fs) + "\r" if seg[0] != "MSH" else fs.join(seg) + "\r"
-                       for seg in self.segments)
+        return "".join(
+            fs.join(seg).rstrip(fs) + "\r" if seg[0] != "MSH" else fs.join(seg) + "\r"
+            for seg in self.segments
+        )

@@ -55,7 +55,8 @@ class DicomMapping:
         self._order_key = template_getter(model.order_key)
         self._patient_key = template_getter(model.patient_key)
         self._ops: list[Op] = [
-            op for k, spec in model.attributes.items()
+            op
+            for k, spec in model.attributes.items()
             if (op := compile_dicom_attr(k, spec, ctx, ("attributes", k))) is not None
         ]
 
@@ -68,15 +69,17 @@ class DicomMapping:
         else:
             overrides = step_scopes(message, self.each, self.split)
             if not overrides:
-                raise MappingFault(101, f"{self.each}^1", f"no {self.each} segment: nothing to "
-                                   "schedule")
+                raise MappingFault(
+                    101, f"{self.each}^1", f"no {self.each} segment: nothing to schedule"
+                )
         out: list[Scope] = []
         for i, segs in enumerate(overrides, 1):
             scope = Scope(message, segs, dict(base))
             number = self._number(scope)
             if not number:
-                raise MappingFault(101, self._number_loc, "order number missing "
-                                   f"({self.model.order_number})")
+                raise MappingFault(
+                    101, self._number_loc, f"order number missing ({self.model.order_number})"
+                )
             v = scope.vars
             v["order_number"] = number
             v["step_index"] = str(i)
@@ -127,8 +130,12 @@ class HL7Mapping:
             if compiled is not None:
                 self._sets.append((out_path, compiled[0], spec.raw))
 
-    def build(self, message: Message, variables: dict[str, str] | None = None,
-              warnings: list[str] | None = None) -> str:
+    def build(
+        self,
+        message: Message,
+        variables: dict[str, str] | None = None,
+        warnings: list[str] | None = None,
+    ) -> str:
         """The outbound message text (CR-separated); raises MappingFault."""
         out = OutMessage(message.separators)
         for seg_text in message.text.split("\r"):
@@ -163,5 +170,13 @@ def compile_mapping(model: MappingFile, base_dir: FsPath | None = None) -> Mappi
     return mapping
 
 
-__all__ = ["CompileError", "DicomMapping", "Getter", "HL7Mapping", "MappedItems", "Mapping",
-           "MappingFault", "compile_mapping"]
+__all__ = [
+    "CompileError",
+    "DicomMapping",
+    "Getter",
+    "HL7Mapping",
+    "MappedItems",
+    "Mapping",
+    "MappingFault",
+    "compile_mapping",
+]

@@ -68,8 +68,11 @@ class Predicate(_Model):
 
     @model_validator(mode="after")
     def _one_operator(self) -> Predicate:
-        ops = [n for n in ("equals", "not_equals", "in_", "regex", "exists")
-               if getattr(self, n) is not None]
+        ops = [
+            n
+            for n in ("equals", "not_equals", "in_", "regex", "exists")
+            if getattr(self, n) is not None
+        ]
         if len(ops) != 1:
             raise ValueError(
                 f"found {len(ops)} operators, expected exactly one of equals, not_equals, in, "
@@ -143,25 +146,38 @@ class Attribute(_Model):
     template: str | None = Field(None, description="text with {expression} placeholders")
     lookup: Lookup | None = None
     first: list[Source] | None = Field(None, description="alternatives; first non-empty wins")
-    convert: Convert = Field("none", description=(
-        "pn: XPN→PN; xcn: XCN→PN; da/tm/dt: TS→DICOM date/time; sex: HL7 0001→PatientSex; upper"))
+    convert: Convert = Field(
+        "none",
+        description=(
+            "pn: XPN→PN; xcn: XCN→PN; da/tm/dt: TS→DICOM date/time; sex: HL7 0001→PatientSex; upper"
+        ),
+    )
     components: list[int] | None = Field(
-        None, description="pn/xcn: HL7 components in DICOM PN order (family, given, middle, "
-        "prefix, suffix); default XPN [1,2,3,5,4], XCN [2,3,4,6,5]")
+        None,
+        description="pn/xcn: HL7 components in DICOM PN order (family, given, middle, "
+        "prefix, suffix); default XPN [1,2,3,5,4], XCN [2,3,4,6,5]",
+    )
     table: dict[str, str] | None = Field(
-        None, description="sex: code table replacing HL7 0001 → DICOM")
+        None, description="sex: code table replacing HL7 0001 → DICOM"
+    )
     default: str | None = Field(None, description="used when every source is empty")
     required: bool = Field(False, description="refuse the message (AE, 101) when empty")
-    generate_uid: bool = Field(False, description=(
-        "UI only: when empty, generate a stable UID from the mapping's uid_key (policy "
-        "missing_study_uid: refuse turns this off)"))
+    generate_uid: bool = Field(
+        False,
+        description=(
+            "UI only: when empty, generate a stable UID from the mapping's uid_key (policy "
+            "missing_study_uid: refuse turns this off)"
+        ),
+    )
     when: Predicate | None = Field(None, description="only set the attribute when this holds")
     vr_policy: Literal["truncate", "reject"] | None = Field(
-        None, description="what to do with a value that breaks its VR (default: the mapping's)")
+        None, description="what to do with a value that breaks its VR (default: the mapping's)"
+    )
     omit_empty: bool = Field(False, description="leave the attribute out instead of empty")
     raw: bool = Field(False, description="HL7 output: the value is HL7-encoded, do not escape")
     items: dict[str, Attribute] | None = Field(
-        None, description="SQ: the attributes of the (single) sequence item")
+        None, description="SQ: the attributes of the (single) sequence item"
+    )
     description: str | None = Field(None, description="free text for the analyst")
 
     @model_validator(mode="before")
@@ -183,8 +199,9 @@ class Attribute(_Model):
 
     @model_validator(mode="after")
     def _sources(self) -> Attribute:
-        n = sum(x is not None for x in (self.from_, self.value, self.template, self.lookup,
-                                        self.first))
+        n = sum(
+            x is not None for x in (self.from_, self.value, self.template, self.lookup, self.first)
+        )
         if self.items is not None and n:
             raise ValueError("found items together with a value source, expected one or the other")
         if n > 1:
@@ -210,7 +227,8 @@ class TableSpec(_Model):
     csv: str | None = Field(None, description="CSV file with a header row")
     key: str = Field("code", description="CSV column holding the key")
     inline: dict[str, str | dict[str, str]] | None = Field(
-        None, description="key → value, or key → {column: value}")
+        None, description="key → value, or key → {column: value}"
+    )
 
     @model_validator(mode="after")
     def _one(self) -> TableSpec:
@@ -223,11 +241,14 @@ class Policies(_Model):
     """What the mapping does when a feed leaves something out."""
 
     missing_start_time: Literal["message_time", "refuse"] = Field(
-        "refuse", description="SPS start date/time absent: use MSH-7, or refuse (AE 101)")
+        "refuse", description="SPS start date/time absent: use MSH-7, or refuse (AE 101)"
+    )
     missing_study_uid: Literal["generate", "refuse"] = Field(
-        "generate", description="StudyInstanceUID absent: generate a stable one, or refuse")
+        "generate", description="StudyInstanceUID absent: generate a stable one, or refuse"
+    )
     vr: Literal["truncate", "reject"] = Field(
-        "reject", description="default for values that break their VR: truncate/repair or reject")
+        "reject", description="default for values that break their VR: truncate/repair or reject"
+    )
 
 
 class MappingFile(_Model):
@@ -237,29 +258,55 @@ class MappingFile(_Model):
     kind: Literal["dicom", "hl7"] = Field("dicom", description="output: DICOM item or HL7 message")
     description: str | None = None
     each: str | None = Field(
-        None, description="dicom: one item per segment of this name (OBR, IPC)")
+        None, description="dicom: one item per segment of this name (OBR, IPC)"
+    )
     split: str | None = Field("ORC", description="segment that starts an order group")
-    timezone: str | None = Field(None, description=(
-        "IANA zone of the worklist; TS values with an offset are shifted to it for DA/TM"))
-    uid_root: str | None = Field(None, description=(
-        "root for generated UIDs (root.hash); default 2.25.<UUID as integer> (PS3.5 B.2)"))
+    timezone: str | None = Field(
+        None,
+        description=(
+            "IANA zone of the worklist; TS values with an offset are shifted to it for DA/TM"
+        ),
+    )
+    uid_root: str | None = Field(
+        None,
+        description=(
+            "root for generated UIDs (root.hash); default 2.25.<UUID as integer> (PS3.5 B.2)"
+        ),
+    )
     order_number: str = Field(
-        "ORC-2.1 | OBR-2.1 | ORC-3.1 | OBR-3.1", description=(
-            "expression: the order number (placer, else filler); required for dicom mappings"))
+        "ORC-2.1 | OBR-2.1 | ORC-3.1 | OBR-3.1",
+        description=(
+            "expression: the order number (placer, else filler); required for dicom mappings"
+        ),
+    )
     order_key: str = Field(
         "{MSH-3.1}^{MSH-4.1}^{$order_number}",
-        description="template identifying the order across messages (sender + order number)")
+        description="template identifying the order across messages (sender + order number)",
+    )
     patient_key: str = Field("{PID-3.1}^{PID-3.4.1}", description="template: patient ID^issuer")
-    uid_key: str = Field("{$order_key}^{OBR-19 | IPC-2 | $step_index}", description=(
-        "template hashed into a generated StudyInstanceUID; stable for the same order and "
-        "requested procedure"))
+    uid_key: str = Field(
+        "{$order_key}^{OBR-19 | IPC-2 | $step_index}",
+        description=(
+            "template hashed into a generated StudyInstanceUID; stable for the same order and "
+            "requested procedure"
+        ),
+    )
     policies: Policies = Field(default_factory=lambda: Policies.model_validate({}))
     tables: dict[str, TableSpec] = Field(default_factory=dict)
-    attributes: dict[str, Attribute] = Field(default_factory=dict, description=(
-        "dicom: keyword or tag → attribute; hl7: output path (e.g. ORC-1) → attribute"))
-    copy_segments: list[str] | None = Field(None, alias="copy", description=(
-        "hl7: input segments copied to the output in message order (* for all); MSH is "
-        "always rebuilt from the input MSH"))
+    attributes: dict[str, Attribute] = Field(
+        default_factory=dict,
+        description=(
+            "dicom: keyword or tag → attribute; hl7: output path (e.g. ORC-1) → attribute"
+        ),
+    )
+    copy_segments: list[str] | None = Field(
+        None,
+        alias="copy",
+        description=(
+            "hl7: input segments copied to the output in message order (* for all); MSH is "
+            "always rebuilt from the input MSH"
+        ),
+    )
 
     @field_validator("each", "split")
     @classmethod

@@ -58,16 +58,18 @@ class Scope:
 
     def plain(self, name: str) -> tuple[list[str], str, str]:
         """(fields, repetition separator, component separator) of segment ``name`` in this
-        scope, split once; fields is [] when the segment is absent. :data:`SLOW` when the
-        segment holds an escape, subcomponent or quote character, or is MSH: read it with
-        ``Message.get`` / ``Segment.get`` instead."""
+        scope, split once and numbered as HL7 numbers them; fields is [] when the segment is
+        absent. :data:`SLOW` when the segment holds an escape, subcomponent or quote character
+        (or is BHS/FHS): read it with ``Message.get`` / ``Segment.get`` instead."""
         hit = self.segfields.get(name)
         if hit is not None:
             return hit
         message = self.message
         fs, cs, rs, esc, ss = message.separators
         text: str | None
-        if name in _HEADERS:  # MSH-1/MSH-2 are not split fields (and Segment shifts BHS/FHS)
+        if name == "MSH" and name not in self.segs:
+            hit = _msh_fields(message.text, fs, esc, ss, rs, cs)
+        elif name in _HEADERS:  # Segment.get shifts BHS/FHS fields as it does MSH's
             hit = SLOW
         else:
             if name in self.segs:
@@ -85,6 +87,21 @@ class Scope:
         return hit
 
 
+def _msh_fields(
+    text: str, fs: str, esc: str, ss: str, rs: str, cs: str
+) -> tuple[list[str], str, str]:
+    """The message's MSH for ``plain``: index n is MSH-n from MSH-3 on (MSH-1 and MSH-2, the
+    delimiters, are read through the accessor); SLOW when MSH-3 on is not plain."""
+    end = text.find("\r")
+    seg = text if end < 0 else text[:end]
+    fields = seg.split(fs)
+    rest = seg[len(fields[0]) + len(fields[1]) + 2 :] if len(fields) > 2 else ""
+    if esc in rest or ss in rest or '"' in rest:
+        return SLOW
+    fields.insert(1, fs)
+    return fields, rs, cs
+
+
 def _first_segment(text: str, name: str, fs: str) -> str | None:
     """The text of the first segment whose ID is exactly ``name`` (``text`` CR-separated and
     starting with MSH, as ``Message.parse`` leaves it); the segment ``Message.get`` reads."""
@@ -92,10 +109,10 @@ def _first_segment(text: str, name: str, fs: str) -> str | None:
     n = len(key)
     i = text.find(key)
     while i >= 0:
-        after = text[i + n:i + n + 1]
+        after = text[i + n : i + n + 1]
         if after == fs or after == "\r" or not after:
             end = text.find("\r", i + 1)
-            return text[i + 1:] if end < 0 else text[i + 1:end]
+            return text[i + 1 :] if end < 0 else text[i + 1 : end]
         i = text.find(key, i + 1)
     return None
 
@@ -107,9 +124,18 @@ def step_scopes(message: Message, each: str, split: str | None) -> list[dict[str
     there is no ``split`` segment) a name resolves to its closest occurrence before the anchor,
     else its first occurrence after it.
     """
-    names = message.segment_names()
+    fs = message.separators.field
+    # message.segment_names(), without its per-segment function call
+    names = [s.partition(fs)[0] for s in message.text.split("\r") if s and not s.isspace()]
     if each not in names:
         return []
+    if len(set(names)) == len(names):
+        # The usual one-order message: every name occurs once, so one step whose segments
+        # are all first occurrences (no overrides), if the anchor is inside the order group.
+        pos = names.index(each)
+        if split is not None and split in names:
+            return [{}] if names.index(split) <= pos else []
+        return [{}] if pos > 0 else []  # without a split segment the group is all but MSH
     counts: dict[str, int] = {}
     indexed: list[tuple[str, int]] = []
     for name in names:
@@ -143,7 +169,7 @@ def step_scopes(message: Message, each: str, split: str | None) -> list[dict[str
             for nm, k in group[:pos]:
                 if nm != each:
                     chosen[nm] = k
-            for nm, k in group[pos + 1:]:
+            for nm, k in group[pos + 1 :]:
                 if nm not in chosen:
                     chosen[nm] = k
             segs: dict[str, Segment | None] = {nm: None for nm in group_names if nm not in chosen}

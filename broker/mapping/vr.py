@@ -18,9 +18,23 @@ VRPolicy = Literal["truncate", "reject"]
 
 #: Maximum length in characters per VR (PS3.5 Table 6.2-1); PN: per component group.
 MAX_LENGTH: dict[str, int] = {
-    "AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "DT": 26, "IS": 12, "LO": 64,
-    "LT": 10240, "PN": 64, "SH": 16, "ST": 1024, "TM": 14, "UI": 64, "UC": 2**31,
-    "UT": 2**31, "UR": 2**31,
+    "AE": 16,
+    "AS": 4,
+    "CS": 16,
+    "DA": 8,
+    "DS": 16,
+    "DT": 26,
+    "IS": 12,
+    "LO": 64,
+    "LT": 10240,
+    "PN": 64,
+    "SH": 16,
+    "ST": 1024,
+    "TM": 14,
+    "UI": 64,
+    "UC": 2**31,
+    "UT": 2**31,
+    "UR": 2**31,
 }
 
 # Default character repertoire: no control characters except ESC (ISO 2022 escapes); no
@@ -68,11 +82,15 @@ def make_fixer(vr: str, policy: VRPolicy, label: str) -> Callable[[str], tuple[s
     truncate = policy == "truncate"
 
     if vr == "UI":
+
         def fix_ui(v: str) -> tuple[str, str]:
             if len(v) > 64 or not _UI_OK.match(v):
-                raise VRFault(f"{label}: found a value that is not a UID, expected digits and "
-                              "dots, at most 64 characters (PS3.5 §9.1)")
+                raise VRFault(
+                    f"{label}: found a value that is not a UID, expected digits and "
+                    "dots, at most 64 characters (PS3.5 §9.1)"
+                )
             return v, ""
+
         return fix_ui
 
     if vr in ("DA", "TM", "DT"):
@@ -82,18 +100,23 @@ def make_fixer(vr: str, policy: VRPolicy, label: str) -> Callable[[str], tuple[s
             if not pattern.match(v):
                 raise VRFault(f"{label}: found a value not in {vr} format (PS3.5 Table 6.2-1)")
             return v, ""
+
         return fix_dt
 
     if vr == "PN":
+
         def fix_pn(v: str) -> tuple[str, str]:
             groups = v.split("=")
             if len(groups) <= 3 and all(len(g) <= 64 for g in groups) and not _BAD_SHORT.search(v):
                 return v, ""
             if not truncate:
-                raise VRFault(f"{label}: found a person name over 64 characters per component "
-                              "group or with control characters, expected PN (PS3.5 §6.2.1)")
+                raise VRFault(
+                    f"{label}: found a person name over 64 characters per component "
+                    "group or with control characters, expected PN (PS3.5 §6.2.1)"
+                )
             fixed = "=".join(_BAD_SHORT.sub(" ", g)[:64] for g in groups[:3])
             return fixed, f"{label}: person name truncated to 64 characters per group (PN)"
+
         return fix_pn
 
     bad = _BAD_TEXT if vr in ("LT", "ST", "UT") else _BAD_SHORT
@@ -106,10 +129,13 @@ def make_fixer(vr: str, policy: VRPolicy, label: str) -> Callable[[str], tuple[s
         elif len(v) <= limit and not bad.search(v):
             return v, ""
         if not truncate:
-            raise VRFault(f"{label}: found {len(v)} characters or characters not allowed, "
-                          f"expected {vr} of at most {limit} (PS3.5 Table 6.2-1)")
+            raise VRFault(
+                f"{label}: found {len(v)} characters or characters not allowed, "
+                f"expected {vr} of at most {limit} (PS3.5 Table 6.2-1)"
+            )
         v = re.sub(r"[^A-Z0-9 _]", "_", v) if vr == "CS" else bad.sub(" ", v)
         return v[:limit], f"{label}: value truncated or repaired to fit {vr} (max {limit})"
+
     return fix
 
 

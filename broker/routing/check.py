@@ -71,8 +71,9 @@ def read_message(path: Path) -> Message:
     return Message.parse(decode_frame(path.read_bytes()).text)
 
 
-def check(routes_dir: Path | str, mappings_dir: Path | str,
-          destinations: Collection[str] = ()) -> CheckReport:
+def check(
+    routes_dir: Path | str, mappings_dir: Path | str, destinations: Collection[str] = ()
+) -> CheckReport:
     """Load and cross-check all files, run the mapping tests; never raises for bad files."""
     report = CheckReport()
     defs, errors = load_all(Path(routes_dir), Path(mappings_dir))
@@ -83,14 +84,20 @@ def check(routes_dir: Path | str, mappings_dir: Path | str,
     for route in defs.routes:
         path = defs.route_files.get(route.name)
         for action in route.actions:
-            names = (action.forward.to if action.forward is not None else
-                     action.reconcile.to if action.reconcile is not None else [])
+            names = (
+                action.forward.to
+                if action.forward is not None
+                else action.reconcile.to
+                if action.reconcile is not None
+                else []
+            )
             for d in names:
                 if d not in dests:
                     report.warnings.append(
                         f"{path}:{defs.route_lines.get(route.name, 1)}: route {route.name!r}: "
                         f"destination {d!r} is not configured; the {action.kind} action will be "
-                        "skipped (DESIGN §6a)")
+                        "skipped (DESIGN §6a)"
+                    )
     # Mapping tests run as the embedded default does (no destinations), so their expected
     # Skipped/Enqueue effects do not depend on the config they are checked against.
     engine = RouteEngine(defs, ())
@@ -101,8 +108,7 @@ def check(routes_dir: Path | str, mappings_dir: Path | str,
     return report
 
 
-def _run_test_file(path: Path, defs: Definitions, engine: RouteEngine,
-                   report: CheckReport) -> None:
+def _run_test_file(path: Path, defs: Definitions, engine: RouteEngine, report: CheckReport) -> None:
     model, tree, errs = load_model(path, TestFile)
     report.errors.extend(errs)
     if model is None:
@@ -231,24 +237,47 @@ def dry_run(router: Router, message: Message) -> dict[str, Any]:
     effects: list[dict[str, Any]] = []
     for eff in d.effects:
         if isinstance(eff, WorklistUpsert):
-            effects.append({"effect": "worklist_upsert", "order_key": eff.order_key,
-                            "patient_key": eff.patient_key, "items": list(eff.items)})
+            effects.append(
+                {
+                    "effect": "worklist_upsert",
+                    "order_key": eff.order_key,
+                    "patient_key": eff.patient_key,
+                    "items": list(eff.items),
+                }
+            )
         elif isinstance(eff, WorklistStatusChange):
-            effects.append({"effect": "worklist_status", "order_key": eff.order_key,
-                            "status": eff.status, "reason": eff.reason})
+            effects.append(
+                {
+                    "effect": "worklist_status",
+                    "order_key": eff.order_key,
+                    "status": eff.status,
+                    "reason": eff.reason,
+                }
+            )
         elif isinstance(eff, Enqueue):
-            effects.append({"effect": "enqueue", "destination": eff.destination,
-                            "ordering_key": eff.ordering_key,
-                            "message": eff.payload.decode("utf-8", "replace").replace("\r", "\n")})
+            effects.append(
+                {
+                    "effect": "enqueue",
+                    "destination": eff.destination,
+                    "ordering_key": eff.ordering_key,
+                    "message": eff.payload.decode("utf-8", "replace").replace("\r", "\n"),
+                }
+            )
         else:
             effects.append({"effect": "skipped", "action": eff.action, "reason": eff.reason})
     out = {
-        "message": {"type": message.message_type, "trigger": message.trigger,
-                    "version": message.version, "control_id": message.control_id},
+        "message": {
+            "type": message.message_type,
+            "trigger": message.trigger,
+            "version": message.version,
+            "control_id": message.control_id,
+        },
         "route": d.route,
         "ack": d.ack_code,
-        "errors": [{"code": e.code, "location": e.location, "text": e.text,
-                    "severity": e.severity} for e in d.errors],
+        "errors": [
+            {"code": e.code, "location": e.location, "text": e.text, "severity": e.severity}
+            for e in d.errors
+        ],
         "actions": list(d.actions),
         "effects": effects,
     }

@@ -27,10 +27,18 @@ log = logging.getLogger(__name__)
 _ORC_1 = expr_getter("ORC-1")
 _ORC_5 = expr_getter("ORC-5")
 _ACTIVE = frozenset({"SCHEDULED", "ARRIVED", "READY"})
-_OP_STATUS = {"upsert": "SCHEDULED", "cancel": "CANCELED", "discontinue": "DISCONTINUED",
-              "complete": "COMPLETED"}
+_OP_STATUS = {
+    "upsert": "SCHEDULED",
+    "cancel": "CANCELED",
+    "discontinue": "DISCONTINUED",
+    "complete": "COMPLETED",
+}
 
 ActionResult = tuple[list[Effect], dict[str, Any]]
+
+
+#: the MSH values routes match on, as Message properties, read once per message
+_HEADER_ATTRS = ("message_type", "trigger", "version", "sending_app", "sending_facility")
 
 
 class _CompiledRoute:
@@ -40,26 +48,25 @@ class _CompiledRoute:
         m = route.match
         self.name = route.name
         self.cont = route.continue_
-        self.sets: list[tuple[Callable[[Message], str], frozenset[str]]] = []
-        for attr, values in (("message_type", m.message_type), ("trigger", m.trigger),
-                             ("version", m.version), ("sending_app", m.sending_application),
-                             ("sending_facility", m.sending_facility)):
+        #: (index into the header values of _HEADER_ATTRS, allowed values)
+        self.sets: list[tuple[int, frozenset[str]]] = []
+        for i, values in enumerate(
+            (m.message_type, m.trigger, m.version, m.sending_application, m.sending_facility)
+        ):
             if values is not None:
-                self.sets.append((_attr_reader(attr), frozenset(values)))
+                self.sets.append((i, frozenset(values)))
         self.tests = [predicate(p) for p in m.fields]
         self.actions = [engine._compile_action(a) for a in route.actions]
 
-    def matches(self, message: Message, scope: Scope) -> bool:
-        for read, allowed in self.sets:
-            if read(message) not in allowed:
+    def matches(self, header: list[str], scope: Scope) -> bool:
+        """``header``: the message's values of _HEADER_ATTRS (see RouteEngine._header)."""
+        for i, allowed in self.sets:
+            if header[i] not in allowed:
                 return False
-        return all(t(scope) for t in self.tests)
-
-
-def _attr_reader(attr: str) -> Callable[[Message], str]:
-    def read(message: Message) -> str:
-        return str(getattr(message, attr))
-    return read
+        for test in self.tests:  # noqa: SIM110 - a loop, not all(<genexpr>): no generator
+            if not test(scope):
+                return False
+        return True
 
 
 class RouteEngine:
@@ -73,6 +80,16 @@ class RouteEngine:
         self.definitions = definitions
         self.destinations = frozenset(destinations)
         self._routes = [_CompiledRoute(r, self) for r in definitions.routes]
+        #: which header values any route matches on (the others are never read)
+        self._header_used = [
+            any(i == j for r in self._routes for j, _ in r.sets) for i in range(len(_HEADER_ATTRS))
+        ]
+
+    def _header(self, message: Message) -> list[str]:
+        return [
+            str(getattr(message, a)) if used else ""
+            for a, used in zip(_HEADER_ATTRS, self._header_used, strict=True)
+        ]
 
     # -- the Router protocol ---------------------------------------------------------------
 
@@ -84,9 +101,10 @@ class RouteEngine:
         scope = Scope(message)
         current = None
         try:
+            header = self._header(message)
             for r in self._routes:
                 current = r.name
-                if not r.matches(message, scope):
+                if not r.matches(header, scope):
                     continue
                 matched.append(r.name)
                 for run in r.actions:
@@ -97,21 +115,35 @@ class RouteEngine:
                 if not r.cont:
                     break
         except MappingFault as fault:
-            actions.append({"route": current, "action": "error", "code": fault.code,
-                            "location": fault.location, "text": fault.text})
-            return RouteDecision(route=current, ack_code="AE",
-                                 errors=(HL7Error(fault.code, fault.location, fault.text),),
-                                 actions=tuple(actions))
+            actions.append(
+                {
+                    "route": current,
+                    "action": "error",
+                    "code": fault.code,
+                    "location": fault.location,
+                    "text": fault.text,
+                }
+            )
+            return RouteDecision(
+                route=current,
+                ack_code="AE",
+                errors=(HL7Error(fault.code, fault.location, fault.text),),
+                actions=tuple(actions),
+            )
         except Exception:  # a bug in a mapping must answer AE, not kill the listener
             log.exception("route %s failed on message type %s", current, message.message_type)
             text = f"internal error in route {current}"
-            return RouteDecision(route=current, ack_code="AE", errors=(HL7Error(207, "", text),),
-                                 actions=({"route": current, "action": "error", "code": 207,
-                                           "text": text},))
+            return RouteDecision(
+                route=current,
+                ack_code="AE",
+                errors=(HL7Error(207, "", text),),
+                actions=({"route": current, "action": "error", "code": 207, "text": text},),
+            )
         if not matched:
             return self._unmatched(message)
-        return RouteDecision(route=",".join(matched), ack_code="AA", effects=tuple(effects),
-                             actions=tuple(actions))
+        return RouteDecision(
+            route=",".join(matched), ack_code="AA", effects=tuple(effects), actions=tuple(actions)
+        )
 
     def _unmatched(self, message: Message) -> RouteDecision:
         um = self.definitions.unmatched
@@ -120,8 +152,12 @@ class RouteEngine:
         if code != 207 and ack == "AE":
             ack = "AR"  # HL7 v2.5.1 §2.9.2: unsupported type/event/version is a reject
         errors = () if ack == "AA" else (HL7Error(code, loc, um.text),)
-        return RouteDecision(route=None, ack_code=ack, errors=errors,
-                             actions=({"action": "unmatched", "ack": ack, "text": um.text},))
+        return RouteDecision(
+            route=None,
+            ack_code=ack,
+            errors=errors,
+            actions=({"action": "unmatched", "ack": ack, "text": um.text},),
+        )
 
     def _why_unmatched(self, message: Message) -> tuple[int, str]:
         """HL7 table 0357: 200 no route for the type, 201 for the event, 203 for the version."""
@@ -144,8 +180,12 @@ class RouteEngine:
             wl = action.worklist
             table = self.definitions.order_control[wl.order_control]
             mapping = self.definitions.mappings.get(wl.mapping or "")
-            return self._worklist(wl.op, wl.order_control, table,
-                                  mapping if isinstance(mapping, DicomMapping) else None)
+            return self._worklist(
+                wl.op,
+                wl.order_control,
+                table,
+                mapping if isinstance(mapping, DicomMapping) else None,
+            )
         if action.forward is not None:
             fw = action.forward
             hm = self.definitions.mappings[fw.mapping]
@@ -156,18 +196,23 @@ class RouteEngine:
 
             def reconcile(message: Message) -> ActionResult:
                 reason = "reconciliation not yet available"
-                return ([Skipped("reconcile", reason)],
-                        {"action": "reconcile", "to": to, "result": "skipped", "reason": reason})
+                return (
+                    [Skipped("reconcile", reason)],
+                    {"action": "reconcile", "to": to, "result": "skipped", "reason": reason},
+                )
+
             return reconcile
         assert action.drop is not None
         reason = action.drop.reason
 
         def drop(message: Message) -> ActionResult:
             return ([Skipped("drop", reason)], {"action": "drop", "reason": reason})
+
         return drop
 
-    def _worklist(self, op: str, table_name: str, table: dict[str, str],
-                  mapping: DicomMapping | None) -> Callable[[Message], ActionResult]:
+    def _worklist(
+        self, op: str, table_name: str, table: dict[str, str], mapping: DicomMapping | None
+    ) -> Callable[[Message], ActionResult]:
         def status_of(scope: Scope) -> tuple[str, str]:
             if op != "auto":
                 return _OP_STATUS[op], op
@@ -176,9 +221,13 @@ class RouteEngine:
                 raise MappingFault(101, "ORC^1^1", "ORC-1 order control missing")
             status = table.get(f"{orc1}_{orc5}") or table.get(orc1)
             if status is None:
-                raise MappingFault(103, "ORC^1^1", f"order control {orc1}"
-                                   f"{'/' + orc5 if orc5 else ''} not in order-control table "
-                                   f"{table_name!r}")
+                raise MappingFault(
+                    103,
+                    "ORC^1^1",
+                    f"order control {orc1}"
+                    f"{'/' + orc5 if orc5 else ''} not in order-control table "
+                    f"{table_name!r}",
+                )
             return status, orc1 + (f"_{orc5}" if orc5 else "")
 
         def run(message: Message) -> ActionResult:
@@ -199,21 +248,34 @@ class RouteEngine:
                         s.vars["order_status"] = status
                         items.append(mapping.build(s, warnings))
                     effects.append(WorklistUpsert(key, tuple(items), group[0].vars["patient_key"]))
-                    desc_orders.append({"order_key": key, "control": control, "status": status,
-                                        "effect": "upsert", "items": len(items)})
+                    desc_orders.append(
+                        {
+                            "order_key": key,
+                            "control": control,
+                            "status": status,
+                            "effect": "upsert",
+                            "items": len(items),
+                        }
+                    )
                 else:
                     effects.append(WorklistStatusChange(key, status, f"ORC-1 {control}"))
-                    desc_orders.append({"order_key": key, "control": control, "status": status,
-                                        "effect": "status"})
-            desc: dict[str, Any] = {"action": "worklist", "mapping": mapping.name,
-                                    "orders": desc_orders}
+                    desc_orders.append(
+                        {"order_key": key, "control": control, "status": status, "effect": "status"}
+                    )
+            desc: dict[str, Any] = {
+                "action": "worklist",
+                "mapping": mapping.name,
+                "orders": desc_orders,
+            }
             if warnings:
                 desc["warnings"] = warnings
             return effects, desc
+
         return run
 
-    def _forward(self, to: list[str], mapping: HL7Mapping, ordering: Callable[[Scope], str]
-                 ) -> Callable[[Message], ActionResult]:
+    def _forward(
+        self, to: list[str], mapping: HL7Mapping, ordering: Callable[[Scope], str]
+    ) -> Callable[[Message], ActionResult]:
         def run(message: Message) -> ActionResult:
             warnings: list[str] = []
             text = mapping.build(message, None, warnings)
@@ -233,9 +295,13 @@ class RouteEngine:
                     reason = f"destination {dest!r} is not configured"
                     effects.append(Skipped(f"forward:{dest}", reason))
                     results.append({"destination": dest, "result": "skipped", "reason": reason})
-            desc: dict[str, Any] = {"action": "forward", "mapping": mapping.name,
-                                    "destinations": results}
+            desc: dict[str, Any] = {
+                "action": "forward",
+                "mapping": mapping.name,
+                "destinations": results,
+            }
             if warnings:
                 desc["warnings"] = warnings
             return effects, desc
+
         return run

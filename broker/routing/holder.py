@@ -33,13 +33,15 @@ class RouterHolder:
     must not start on broken routes).
     """
 
-    def __init__(self, routes_dir: Path | str, mappings_dir: Path | str,
-                 destinations: Collection[str] = ()) -> None:
+    def __init__(
+        self, routes_dir: Path | str, mappings_dir: Path | str, destinations: Collection[str] = ()
+    ) -> None:
         self.routes_dir = Path(routes_dir)
         self.mappings_dir = Path(mappings_dir)
         self.destinations = frozenset(destinations)
-        self.engine = RouteEngine(load_definitions(self.routes_dir, self.mappings_dir),
-                                  self.destinations)
+        self.engine = RouteEngine(
+            load_definitions(self.routes_dir, self.mappings_dir), self.destinations
+        )
         self.last_errors: list[str] = []
         self._signature = self._scan()
 
@@ -52,13 +54,17 @@ class RouterHolder:
         defs, errors = load_all(self.routes_dir, self.mappings_dir)
         if defs is None:
             self.last_errors = errors
-            log.error("routes/mappings reload refused, %d error(s); the previous set keeps "
-                      "running:\n%s", len(errors), "\n".join(errors))
+            log.error(
+                "routes/mappings reload refused, %d error(s); the previous set keeps running:\n%s",
+                len(errors),
+                "\n".join(errors),
+            )
             return False
         self.engine = RouteEngine(defs, self.destinations)
         self.last_errors = []
-        log.info("routes/mappings reloaded: %d routes, %d mappings", len(defs.routes),
-                 len(defs.mappings))
+        log.info(
+            "routes/mappings reloaded: %d routes, %d mappings", len(defs.routes), len(defs.mappings)
+        )
         return True
 
     def _scan(self) -> tuple[tuple[str, int, int], ...]:

@@ -39,8 +39,7 @@ class Definitions:
 def _yaml_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir()
-                  if p.suffix in (".yaml", ".yml") and p.is_file())
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
 def load_all(routes_dir: Path, mappings_dir: Path) -> tuple[Definitions | None, list[str]]:
@@ -50,8 +49,10 @@ def load_all(routes_dir: Path, mappings_dir: Path) -> tuple[Definitions | None, 
     # an empty set: every message would be answered "no route".
     for label, directory in (("routes", routes_dir), ("mappings", mappings_dir)):
         if not Path(directory).is_dir():
-            errors.append(f"{directory}: {label}: found no such folder, expected a folder of "
-                          f"YAML files (config key {label!r}, relative to the config file)")
+            errors.append(
+                f"{directory}: {label}: found no such folder, expected a folder of "
+                f"YAML files (config key {label!r}, relative to the config file)"
+            )
     if errors:
         return None, errors
     mappings: dict[str, Mapping] = {}
@@ -62,15 +63,19 @@ def load_all(routes_dir: Path, mappings_dir: Path) -> tuple[Definitions | None, 
         if model is None:
             continue
         if model.name in mappings:
-            errors.append(f"{path}:{line_of(tree, ['name'])}: name: found {model.name!r} again "
-                          f"(also in {mapping_files[model.name]}), expected unique mapping names")
+            errors.append(
+                f"{path}:{line_of(tree, ['name'])}: name: found {model.name!r} again "
+                f"(also in {mapping_files[model.name]}), expected unique mapping names"
+            )
             continue
         try:
             mappings[model.name] = compile_mapping(model, path.parent)
             mapping_files[model.name] = path
         except CompileError as exc:
-            errors.extend(f"{path}:{line_of(tree, loc)}: {field_name(loc)}: {msg}"
-                          for loc, msg in exc.problems)
+            errors.extend(
+                f"{path}:{line_of(tree, loc)}: {field_name(loc)}: {msg}"
+                for loc, msg in exc.problems
+            )
 
     routes: list[Route] = []
     tables: dict[str, dict[str, str]] = {"default": dict(DEFAULT_ORDER_CONTROL)}
@@ -88,13 +93,17 @@ def load_all(routes_dir: Path, mappings_dir: Path) -> tuple[Definitions | None, 
             tables.setdefault(name, {}).update(table)
         if rf.unmatched is not None:
             if unmatched is not None:
-                errors.append(f"{path}:{line_of(tree, ['unmatched'])}: unmatched: found a second "
-                              "unmatched answer, expected it in one route file only")
+                errors.append(
+                    f"{path}:{line_of(tree, ['unmatched'])}: unmatched: found a second "
+                    "unmatched answer, expected it in one route file only"
+                )
             unmatched = rf.unmatched
         for i, route in enumerate(rf.routes):
             if route.name in route_files:
-                errors.append(f"{path}:{line_of(tree, ['routes', i, 'name'])}: routes[{i}].name: "
-                              f"found {route.name!r} again, expected unique route names")
+                errors.append(
+                    f"{path}:{line_of(tree, ['routes', i, 'name'])}: routes[{i}].name: "
+                    f"found {route.name!r} again, expected unique route names"
+                )
             route_files[route.name] = path
             route_lines[route.name] = line_of(tree, ["routes", i])
             routes.append(route)
@@ -107,25 +116,51 @@ def load_all(routes_dir: Path, mappings_dir: Path) -> tuple[Definitions | None, 
                 if wl is not None:
                     if wl.order_control not in tables:
                         loc = [*base, "worklist", "order_control"]
-                        errors.append(f"{path}:{line_of(tree, loc)}: {field_name(loc)}: found "
-                                      f"{wl.order_control!r}, expected one of {sorted(tables)}")
+                        errors.append(
+                            f"{path}:{line_of(tree, loc)}: {field_name(loc)}: found "
+                            f"{wl.order_control!r}, expected one of {sorted(tables)}"
+                        )
                     if wl.op in ("auto", "upsert") and wl.mapping is None:
                         loc = [*base, "worklist"]
-                        errors.append(f"{path}:{line_of(tree, loc)}: {field_name(loc)}.mapping: "
-                                      f"found nothing, expected a dicom mapping for op {wl.op}")
-                    _check_mapping(path, tree, [*base, "worklist", "mapping"], wl.mapping,
-                                   "dicom", mappings, errors)
+                        errors.append(
+                            f"{path}:{line_of(tree, loc)}: {field_name(loc)}.mapping: "
+                            f"found nothing, expected a dicom mapping for op {wl.op}"
+                        )
+                    _check_mapping(
+                        path,
+                        tree,
+                        [*base, "worklist", "mapping"],
+                        wl.mapping,
+                        "dicom",
+                        mappings,
+                        errors,
+                    )
                 if fw is not None:
-                    _check_mapping(path, tree, [*base, "forward", "mapping"], fw.mapping, "hl7",
-                                   mappings, errors)
+                    _check_mapping(
+                        path,
+                        tree,
+                        [*base, "forward", "mapping"],
+                        fw.mapping,
+                        "hl7",
+                        mappings,
+                        errors,
+                    )
     if errors:
         return None, errors
-    return Definitions(routes, mappings, tables, unmatched or Unmatched(), route_files,
-                       route_lines), []
+    return Definitions(
+        routes, mappings, tables, unmatched or Unmatched(), route_files, route_lines
+    ), []
 
 
-def _check_mapping(path: Path, tree: object, loc: list[str | int], name: str | None, kind: str,
-                   mappings: dict[str, Mapping], errors: list[str]) -> None:
+def _check_mapping(
+    path: Path,
+    tree: object,
+    loc: list[str | int],
+    name: str | None,
+    kind: str,
+    mappings: dict[str, Mapping],
+    errors: list[str],
+) -> None:
     if name is None:
         return
     m = mappings.get(name)

@@ -10,17 +10,35 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from broker.mapping.models import Predicate
 
-StepStatus = Literal["SCHEDULED", "ARRIVED", "READY", "STARTED", "IN PROGRESS", "COMPLETED",
-                     "DISCONTINUED", "CANCELED"]
+StepStatus = Literal[
+    "SCHEDULED",
+    "ARRIVED",
+    "READY",
+    "STARTED",
+    "IN PROGRESS",
+    "COMPLETED",
+    "DISCONTINUED",
+    "CANCELED",
+]
 
 #: ORC-1 [_ORC-5] → step status, after dcm4chee-arc's default (hl7OrderControlStatus):
 #: a key ``NW_SC`` matches ORC-1 NW with ORC-5 SC; a key ``NW`` matches NW with any ORC-5.
 DEFAULT_ORDER_CONTROL: dict[str, str] = {
-    "NW_SC": "SCHEDULED", "NW_IP": "SCHEDULED", "XO_SC": "SCHEDULED",
-    "XO_CM": "COMPLETED", "SC_CM": "COMPLETED",
-    "CA_CA": "CANCELED", "DC_CA": "DISCONTINUED",
-    "NW": "SCHEDULED", "XO": "SCHEDULED", "CA": "CANCELED", "OC": "CANCELED",
-    "DC": "DISCONTINUED", "SC_SC": "SCHEDULED", "SC_IP": "IN PROGRESS", "SC_DC": "DISCONTINUED",
+    "NW_SC": "SCHEDULED",
+    "NW_IP": "SCHEDULED",
+    "XO_SC": "SCHEDULED",
+    "XO_CM": "COMPLETED",
+    "SC_CM": "COMPLETED",
+    "CA_CA": "CANCELED",
+    "DC_CA": "DISCONTINUED",
+    "NW": "SCHEDULED",
+    "XO": "SCHEDULED",
+    "CA": "CANCELED",
+    "OC": "CANCELED",
+    "DC": "DISCONTINUED",
+    "SC_SC": "SCHEDULED",
+    "SC_IP": "IN PROGRESS",
+    "SC_DC": "DISCONTINUED",
 }
 
 
@@ -42,8 +60,14 @@ class Match(_Model):
     sending_facility: list[str] | None = Field(None, description="MSH-4.1")
     fields: list[Predicate] = Field(default_factory=list, description="tests on any HL7 path")
 
-    _l = field_validator("message_type", "trigger", "version", "sending_application",
-                         "sending_facility", mode="before")(classmethod(lambda cls, v: _listify(v)))
+    _l = field_validator(
+        "message_type",
+        "trigger",
+        "version",
+        "sending_application",
+        "sending_facility",
+        mode="before",
+    )(classmethod(lambda cls, v: _listify(v)))
 
 
 class WorklistAction(_Model):
@@ -51,7 +75,8 @@ class WorklistAction(_Model):
 
     mapping: str | None = Field(None, description="a dicom mapping (needed for upsert/auto)")
     op: Literal["auto", "upsert", "cancel", "discontinue", "complete"] = Field(
-        "auto", description="auto: from ORC-1/ORC-5 through the order-control table")
+        "auto", description="auto: from ORC-1/ORC-5 through the order-control table"
+    )
     order_control: str = Field("default", description="name of the order-control table")
 
 
@@ -60,8 +85,9 @@ class ForwardAction(_Model):
 
     to: list[str] = Field(description="destination names from the config's destinations:")
     mapping: str = Field(description="an hl7 mapping building the outbound message")
-    ordering_key: str = Field("{PID-3.1}", description="template: messages with the same key "
-                              "are delivered in order")
+    ordering_key: str = Field(
+        "{PID-3.1}", description="template: messages with the same key are delivered in order"
+    )
 
     _l = field_validator("to", mode="before")(classmethod(lambda cls, v: _listify(v)))
 
@@ -92,8 +118,10 @@ class Action(_Model):
     def _one(self) -> Action:
         n = sum(x is not None for x in (self.worklist, self.forward, self.reconcile, self.drop))
         if n != 1:
-            raise ValueError(f"found {n} action kinds, expected exactly one of worklist, forward, "
-                             "reconcile, drop")
+            raise ValueError(
+                f"found {n} action kinds, expected exactly one of worklist, forward, "
+                "reconcile, drop"
+            )
         return self
 
     @property
@@ -125,6 +153,8 @@ class RouteFile(_Model):
 
     routes: list[Route] = Field(default_factory=list)
     order_control: dict[str, dict[str, StepStatus]] = Field(
-        default_factory=dict, description="named ORC-1[_ORC-5] → status tables; `default` "
-        "extends the built-in dcm4chee-arc-like table")
+        default_factory=dict,
+        description="named ORC-1[_ORC-5] → status tables; `default` "
+        "extends the built-in dcm4chee-arc-like table",
+    )
     unmatched: Unmatched | None = Field(None, description="at most one file sets this")

@@ -12,7 +12,9 @@ from broker.mapping.models import MappingFile
 from broker.routing.models import RouteFile
 
 SCHEMA_FILES: dict[str, type[BaseModel]] = {
-    "route.schema.json": RouteFile, "mapping.schema.json": MappingFile}
+    "route.schema.json": RouteFile,
+    "mapping.schema.json": MappingFile,
+}
 
 
 def schemas() -> dict[str, dict[str, Any]]:

@@ -99,8 +99,11 @@ def format_validation(path: Path, tree: Any, exc: ValidationError) -> list[str]:
     """One ``file:line: field: found X, expected Y`` line per pydantic error."""
     out = []
     for err in exc.errors():
-        loc = [k for k in err["loc"] if not (isinstance(k, str) and k[:1].isupper()
-                                             and k in ("Attribute", "Source"))]
+        loc = [
+            k
+            for k in err["loc"]
+            if not (isinstance(k, str) and k[:1].isupper() and k in ("Attribute", "Source"))
+        ]
         out.append(f"{path}:{line_of(tree, loc)}: {field_name(loc)}: {_explain(err)}")
     return out
 

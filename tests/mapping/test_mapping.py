@@ -25,14 +25,14 @@ ORM = (
     "ORC|NW|PL1|FL1||SC\r"
     + _obr(1, "CT001^CT HEAD^L", "ACC1", "RP1", "SPS1", "20260102083000")
     + "ZDS|1.2.3^RIS^Application^DICOM\r"
-    "ORC|NW|PL1|FL1||SC\r"
-    + _obr(2, "CT002^CT NECK^L", "ACC2", "RP2", "SPS2", "20260102090000")
+    "ORC|NW|PL1|FL1||SC\r" + _obr(2, "CT002^CT NECK^L", "ACC2", "RP2", "SPS2", "20260102090000")
 )
 
 
 def dicom(attrs: dict[str, Any], **kw: Any) -> DicomMapping:
-    m = compile_mapping(MappingFile.model_validate(
-        {"name": "t", "each": "OBR", "attributes": attrs, **kw}))
+    m = compile_mapping(
+        MappingFile.model_validate({"name": "t", "each": "OBR", "attributes": attrs, **kw})
+    )
     assert isinstance(m, DicomMapping)
     return m
 
@@ -42,15 +42,17 @@ def value(item: dict[str, Any], tag: str) -> Any:
 
 
 def test_groups_and_group_local_segments() -> None:
-    m = dicom({"AccessionNumber": "OBR-18", "StudyInstanceUID": {"from": "ZDS-1.1",
-                                                                  "generate_uid": True}})
+    m = dicom(
+        {"AccessionNumber": "OBR-18", "StudyInstanceUID": {"from": "ZDS-1.1", "generate_uid": True}}
+    )
     res = m.map(Message.parse(ORM))
     assert [value(i, "00080050") for i in res.items] == ["ACC1", "ACC2"]
     uid1, uid2 = (value(i, "0020000D") for i in res.items)
     assert uid1 == "1.2.3"
     # the second group has no ZDS: generated, never borrowed from the first group
-    assert uid2.startswith("2.25.") and uid2 == value(m.map(Message.parse(ORM)).items[1],
-                                                      "0020000D")
+    assert uid2.startswith("2.25.") and uid2 == value(
+        m.map(Message.parse(ORM)).items[1], "0020000D"
+    )
 
 
 def test_stable_uid_with_root() -> None:
@@ -60,9 +62,13 @@ def test_stable_uid_with_root() -> None:
 
 
 def test_pn_and_required_fault() -> None:
-    m = dicom({"PatientName": {"from": "PID-5", "convert": "pn"},
-               "PatientID": {"from": "PID-3.1", "required": True},
-               "PatientBirthDate": {"from": "PID-7", "convert": "da"}})
+    m = dicom(
+        {
+            "PatientName": {"from": "PID-5", "convert": "pn"},
+            "PatientID": {"from": "PID-3.1", "required": True},
+            "PatientBirthDate": {"from": "PID-7", "convert": "da"},
+        }
+    )
     item = m.map(Message.parse(ORM)).items[0]
     assert item["00100010"]["Value"] == [{"Alphabetic": "DOE^JOHN^Q^DR^JR"}]
     with pytest.raises(MappingFault) as fi:
@@ -85,8 +91,10 @@ def test_missing_start_time_policies() -> None:
 
 
 def test_refuse_missing_uid() -> None:
-    m = dicom({"StudyInstanceUID": {"from": "ZDS-1.1", "generate_uid": True}},
-              policies={"missing_study_uid": "refuse"})
+    m = dicom(
+        {"StudyInstanceUID": {"from": "ZDS-1.1", "generate_uid": True}},
+        policies={"missing_study_uid": "refuse"},
+    )
     with pytest.raises(MappingFault) as f:
         m.map(Message.parse(ORM))
     assert f.value.code == 101 and f.value.location.startswith("ZDS")
@@ -94,12 +102,22 @@ def test_refuse_missing_uid() -> None:
 
 def test_lookup_csv_and_station_rules(tmp_path: Path) -> None:
     (tmp_path / "p.csv").write_text("code,modality,station_ae\nCT001,CT,CT_HEAD_AE\n")
-    model = MappingFile.model_validate({
-        "name": "t", "each": "OBR",
-        "tables": {"p": {"csv": "p.csv"}, "mod": {"inline": {"CT": "CT_ANY"}}},
-        "attributes": {"ScheduledStationAETitle": {"first": [
-            "IPC-9", {"lookup": {"table": "p", "key": "OBR-4.1", "column": "station_ae"}},
-            {"lookup": {"table": "mod", "key": "OBR-24"}}]}}})
+    model = MappingFile.model_validate(
+        {
+            "name": "t",
+            "each": "OBR",
+            "tables": {"p": {"csv": "p.csv"}, "mod": {"inline": {"CT": "CT_ANY"}}},
+            "attributes": {
+                "ScheduledStationAETitle": {
+                    "first": [
+                        "IPC-9",
+                        {"lookup": {"table": "p", "key": "OBR-4.1", "column": "station_ae"}},
+                        {"lookup": {"table": "mod", "key": "OBR-24"}},
+                    ]
+                }
+            },
+        }
+    )
     m = compile_mapping(model, tmp_path)
     assert isinstance(m, DicomMapping)
     items = m.map(Message.parse(ORM)).items
@@ -121,19 +139,36 @@ def test_compile_errors_name_references() -> None:
 
 
 def test_template_and_when() -> None:
-    m = dicom({"PatientComments": {"template": "{PID-5.1}, {PID-5.2}",
-                                   "when": {"path": "ORC-1", "equals": "NW"}},
-               "AdmissionID": {"template": "{PV1-19}/{PV1-20}"}})
+    m = dicom(
+        {
+            "PatientComments": {
+                "template": "{PID-5.1}, {PID-5.2}",
+                "when": {"path": "ORC-1", "equals": "NW"},
+            },
+            "AdmissionID": {"template": "{PV1-19}/{PV1-20}"},
+        }
+    )
     item = m.map(Message.parse(ORM)).items[0]
     assert value(item, "00104000") == "DOE, JOHN"
     assert "Value" not in item["00380010"]  # every placeholder empty -> empty, not "/"
 
 
 def test_hl7_outbound() -> None:
-    m = compile_mapping(MappingFile.model_validate({
-        "name": "o", "kind": "hl7", "copy": ["PID", "ORC"],
-        "attributes": {"MSH-3": {"value": "BROKER"}, "ORC-1": {"value": "SC"},
-                       "ORC-5": {"value": "IP"}, "ZZZ-2.3": {"value": "a|b"}}}))
+    m = compile_mapping(
+        MappingFile.model_validate(
+            {
+                "name": "o",
+                "kind": "hl7",
+                "copy": ["PID", "ORC"],
+                "attributes": {
+                    "MSH-3": {"value": "BROKER"},
+                    "ORC-1": {"value": "SC"},
+                    "ORC-5": {"value": "IP"},
+                    "ZZZ-2.3": {"value": "a|b"},
+                },
+            }
+        )
+    )
     assert isinstance(m, HL7Mapping)
     text = m.build(Message.parse(ORM))
     out = Message.parse(text)

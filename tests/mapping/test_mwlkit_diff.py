@@ -50,8 +50,7 @@ def engine() -> RouteEngine:
     return RouteEngine(load_definitions(ROOT / "routes", ROOT / "mappings"))
 
 
-def _compare(theirs: dict[str, Any], ours: dict[str, Any], skip: set[str], where: str
-             ) -> list[str]:
+def _compare(theirs: dict[str, Any], ours: dict[str, Any], skip: set[str], where: str) -> list[str]:
     diffs = []
     for k, v in theirs.items():
         if k in skip:
@@ -82,16 +81,19 @@ def test_same_values_as_mwlkit(engine: RouteEngine, name: str) -> None:
     # mwlkit maps the first requested procedure into one dataset with one SPS item per step;
     # we store one dataset per step (the worklist store form, PS3.4 K.6.1: each C-FIND
     # response carries one SPS): gather our steps of that requested procedure to compare.
-    items = [{keyword_for_tag(int(k, 16)): _plain(v) for k, v in it.items()}
-             for it in upserts[0].items]
+    items = [
+        {keyword_for_tag(int(k, 16)): _plain(v) for k, v in it.items()} for it in upserts[0].items
+    ]
     ours = dict(items[0])
     ours["ScheduledProcedureStepSequence"] = [
-        it["ScheduledProcedureStepSequence"][0] for it in items
+        it["ScheduledProcedureStepSequence"][0]
+        for it in items
         if it["RequestedProcedureID"] == ours["RequestedProcedureID"]
     ]
     skip = set(DIFFERENT)
-    if "Study Instance UID" in " ".join(mwlkit.worklist_item(
-            text, default_station_ae="DEFAULT_AE").warnings):
+    if "Study Instance UID" in " ".join(
+        mwlkit.worklist_item(text, default_station_ae="DEFAULT_AE").warnings
+    ):
         skip.add(GENERATED_UID)
         assert ours[GENERATED_UID].startswith("2.25.")
     if theirs["ScheduledProcedureStepSequence"][0]["ScheduledStationAETitle"] == "DEFAULT_AE":

@@ -24,8 +24,11 @@ def test_examples() -> None:
     assert parse_path("PID-3(2).1") == HL7Path("PID", None, 3, 2, 1)
     assert parse_path("PID-3(*).1").repetition == 0
     assert parse_expression("OBR-18 | ORC-2.1 | 'X|Y' | $order_status") == (
-        HL7Path("OBR", None, 18), HL7Path("ORC", None, 2, 1, 1), Constant("X|Y"),
-        Variable("order_status"))
+        HL7Path("OBR", None, 18),
+        HL7Path("ORC", None, 2, 1, 1),
+        Constant("X|Y"),
+        Variable("order_status"),
+    )
 
 
 def test_locations() -> None:
@@ -34,8 +37,9 @@ def test_locations() -> None:
     assert parse_path("OBR(2)-4.2").location() == "OBR^2^4^2"
 
 
-@pytest.mark.parametrize("bad", ["pid-3", "PID-0", "PID-3.", "PID-3..1", "PID-3(0)",
-                                 "OBR-18 |", "'open", "$Bad"])
+@pytest.mark.parametrize(
+    "bad", ["pid-3", "PID-0", "PID-3.", "PID-3..1", "PID-3(0)", "OBR-18 |", "'open", "$Bad"]
+)
 def test_rejects(bad: str) -> None:
     with pytest.raises(ExpressionError, match="expected"):
         parse_expression(bad)
@@ -56,11 +60,18 @@ paths = st.builds(
     subcomponent=st.none(),
 )
 full_paths = st.builds(
-    lambda p, c, s: HL7Path(p.segment, p.occurrence, p.field, p.repetition, c,
-                            s if c is not None else None),
-    paths, st.none() | st.integers(1, 20), st.none() | st.integers(1, 9))
-terms = full_paths | st.builds(Constant, st.text(max_size=12)) | st.builds(
-    Variable, st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True))
+    lambda p, c, s: HL7Path(
+        p.segment, p.occurrence, p.field, p.repetition, c, s if c is not None else None
+    ),
+    paths,
+    st.none() | st.integers(1, 20),
+    st.none() | st.integers(1, 9),
+)
+terms = (
+    full_paths
+    | st.builds(Constant, st.text(max_size=12))
+    | st.builds(Variable, st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True))
+)
 
 
 @given(st.lists(terms, min_size=1, max_size=4))

@@ -21,6 +21,7 @@ from broker.hl7.ack import AckCode, AckError
 from broker.ingest.decision import RouteDecision
 from broker.ingest.journal import CommitResult, InboundRecord, JournalEntry
 from broker.storage.sqlite import Schema, SqliteDatabase
+from broker.storage.sqlite_queue import QUEUE_SCHEMA, apply_enqueue
 
 #: An applier runs one effect inside the message's transaction and returns a JSON-able summary.
 Applier = Callable[[sqlite3.Connection, Any, int], dict[str, Any]]
@@ -57,44 +58,15 @@ JOURNAL_SCHEMA = Schema(
             PRIMARY KEY (sender, control_id)
         ) WITHOUT ROWID""",
         "CREATE INDEX IF NOT EXISTS dedupe_received ON dedupe(received_at)",
-        # The outbox holds outbound messages until delivery workers take them (the
-        # delivery issue drains it); written in the same transaction as the journal.
-        """CREATE TABLE IF NOT EXISTS outbox (
-            id INTEGER PRIMARY KEY,
-            destination TEXT NOT NULL,
-            ordering_key TEXT NOT NULL,
-            content_type TEXT NOT NULL,
-            headers TEXT NOT NULL DEFAULT '{}',
-            payload BLOB NOT NULL,
-            journal_id INTEGER NOT NULL,
-            created_at REAL NOT NULL,
-            state TEXT NOT NULL DEFAULT 'ready'
-        )""",
-        "CREATE INDEX IF NOT EXISTS outbox_dest ON outbox(destination, state, id)",
+        # The outbox (the delivery queues) is written in the journal's transaction, so its
+        # tables come with the journal's; registering QUEUE_SCHEMA as well is harmless.
+        *QUEUE_SCHEMA.statements,
     ),
 )
 
 _INSERT_JOURNAL = """INSERT INTO journal (received_at, listener, peer, sender, control_id,
     message_type, version, charset, status, ack_code, route, detail, raw)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-
-
-def apply_enqueue(conn: sqlite3.Connection, effect: Enqueue, journal_id: int) -> dict[str, Any]:
-    """Put an outbound message in the outbox, in the inbound message's transaction."""
-    cur = conn.execute(
-        "INSERT INTO outbox (destination, ordering_key, content_type, headers, payload,"
-        " journal_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            effect.destination,
-            effect.ordering_key,
-            effect.content_type,
-            json.dumps(effect.headers),
-            effect.payload,
-            journal_id,
-            time.time(),
-        ),
-    )
-    return {"queued": effect.destination, "outbox_id": cur.lastrowid}
 
 
 def _apply_skipped(conn: sqlite3.Connection, effect: Skipped, journal_id: int) -> dict[str, Any]:
@@ -170,9 +142,7 @@ class SqliteJournal:
             return CommitResult(journal_id, "AE", (error,))
         conn.execute("RELEASE effects")
         detail["applied"] = applied
-        conn.execute(
-            "UPDATE journal SET detail = ? WHERE id = ?", (json.dumps(detail), journal_id)
-        )
+        conn.execute("UPDATE journal SET detail = ? WHERE id = ?", (json.dumps(detail), journal_id))
         self._remember(conn, record, journal_id)
         return CommitResult(journal_id, "AA", applied=applied)
 

@@ -30,7 +30,7 @@ from broker.errors import ConflictError, StoreError
 from broker.storage.sqlite import Schema, SqliteDatabase
 from broker.worklist import item as wi
 from broker.worklist import lifecycle, mpps
-from broker.worklist.encode import Encoded, encode_item, native_charset
+from broker.worklist.encode import Encoded, encode_both, native_charset
 from broker.worklist.item import DicomJson
 from broker.worklist.query import Constraint, IndexPlan
 
@@ -146,6 +146,10 @@ _INSERT_ITEM = (
     f"INSERT INTO worklist_items ({_ITEM_COLUMNS}) "
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+#: The order's items; the upsert adds "OR study_uid IN (...)" to find conflicts in one go.
+_ORDER_ITEMS = (
+    "SELECT id, rp_id, sps_id, status, order_key, study_uid FROM worklist_items WHERE order_key=?"
+)
 _INSERT_STEP = (
     "INSERT INTO worklist_steps (item_id, station_ae, modality, sps_date, sps_time, sps_dt, "
     "sps_id, sps_status) VALUES (?,?,?,?,?,?,?,?)"
@@ -170,10 +174,16 @@ def _with_status(item: DicomJson, status: str) -> DicomJson:
     return out
 
 
+#: Items are trees of dicts and lists (DICOM JSON), never cyclic: the circularity check
+#: (a third of json.dumps' time) is left out.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
 class _Row:
     """An item prepared for storage: keys first (cheap), JSON text and both encodings on demand.
 
-    Encoding is most of an upsert's cost, so it happens once, after the final status is known.
+    Encoding is most of an upsert's cost, so it happens once, after the final status is known,
+    and in one walk for both transfer syntaxes.
     """
 
     __slots__ = ("_charset", "_enc_e", "_enc_i", "_text", "item", "keys")
@@ -189,25 +199,26 @@ class _Row:
     @property
     def charset(self) -> str:
         if self._charset is None:
-            self._charset = native_charset(self.item)
+            # all-ASCII JSON text means all-ASCII item text: no need to walk the item
+            self._charset = "" if self.text.isascii() else native_charset(self.item)
         return self._charset
 
     @property
     def enc_i(self) -> Encoded:
         if self._enc_i is None:
-            self._enc_i = encode_item(self.item, self.charset, explicit=False)
+            self._enc_i, self._enc_e = encode_both(self.item, self.charset)
         return self._enc_i
 
     @property
     def enc_e(self) -> Encoded:
         if self._enc_e is None:
-            self._enc_e = encode_item(self.item, self.charset, explicit=True)
+            self._enc_i, self._enc_e = encode_both(self.item, self.charset)
         return self._enc_e
 
     @property
     def text(self) -> str:
         if self._text is None:
-            self._text = json.dumps(self.item, ensure_ascii=False, separators=(",", ":"))
+            self._text = _JSON.encode(self.item)
         return self._text
 
     def item_values(
@@ -328,6 +339,21 @@ def apply_worklist_upsert(
     """
     now = _now()
     rows = [_Row(item) for item in effect.items]
+    # One query for both the order's items and the items of other orders holding one of
+    # its Study Instance UIDs (a conflict).
+    studies = sorted({row.keys.study_uid for row in rows if row.keys.study_uid})
+    sql = _ORDER_ITEMS
+    if studies:
+        sql += f" OR study_uid IN ({','.join('?' * len(studies))})"
+    own: list[tuple[str, str, int, str]] = []
+    taken: set[str] = set()
+    for item_id, rp, sps, status, order_key, study_uid in conn.execute(
+        sql, (effect.order_key, *studies)
+    ):
+        if order_key == effect.order_key:
+            own.append((rp, sps, item_id, status))
+        else:
+            taken.add(study_uid)
     seen: set[tuple[str, str]] = set()
     for row in rows:
         ident = (row.keys.requested_procedure_id, row.keys.step_id)
@@ -339,24 +365,15 @@ def apply_worklist_upsert(
                 hl7_code=205,
             )
         seen.add(ident)
-        if row.keys.study_uid:
-            other = conn.execute(
-                "SELECT 1 FROM worklist_items WHERE study_uid=? AND order_key!=? LIMIT 1",
-                (row.keys.study_uid, effect.order_key),
-            ).fetchone()
-            if other is not None:
-                raise ConflictError(
-                    "StudyInstanceUID is already used by another order",
-                    hl7_location=STUDY_UID_HL7_LOCATION,
-                    hl7_code=205,
-                )
-    existing = {
-        (rp, sps): (item_id, status)
-        for item_id, rp, sps, status in conn.execute(
-            "SELECT id, rp_id, sps_id, status FROM worklist_items WHERE order_key=?",
-            (effect.order_key,),
-        )
-    }
+        if row.keys.study_uid in taken:
+            raise ConflictError(
+                "StudyInstanceUID is already used by another order",
+                hl7_location=STUDY_UID_HL7_LOCATION,
+                hl7_code=205,
+            )
+    # in the order of the (order_key, rp_id, sps_id) index, as a lookup by order_key gives
+    own.sort()
+    existing = {(rp, sps): (item_id, status) for rp, sps, item_id, status in own}
     created = updated = removed = 0
     for row in rows:
         ident = (row.keys.requested_procedure_id, row.keys.step_id)

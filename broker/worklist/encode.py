@@ -36,6 +36,7 @@ __all__ = [
     "answer",
     "answer_charset",
     "codec_for",
+    "encode_both",
     "encode_item",
     "native_charset",
 ]
@@ -146,6 +147,8 @@ def _value_bytes(vr: str, elem: DicomJson, codec: str) -> bytes:
     values = elem.get("Value") or []
     if vr == "PN":
         text = "\\".join(wi.pn_to_text(v) for v in values)
+    elif type(values) is list and len(values) == 1 and type(values[0]) is str:
+        text = values[0]  # the common case, without a join
     else:
         text = "\\".join("" if v is None else _format_number(v) for v in values)
     # UnicodeEncodeError when charset-affected text does not fit; the other VRs are ASCII
@@ -161,7 +164,7 @@ class Encoded:
     """One item in one transfer syntax: the element bytes and where each element lies.
 
     ``layout`` holds (parent tag, item index, tag, start, end) per element as uint32 columns
-    (see ``_pack_layout``): parent 0 for top-level elements; for an element inside item
+    (see ``_pack_layouts``): parent 0 for top-level elements; for an element inside item
     ``i`` of the top-level sequence ``parent``, and tag 0 marks the whole item.
     """
 
@@ -169,87 +172,188 @@ class Encoded:
     layout: bytes
 
 
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_TAG = struct.Struct("<HH")
+_ITEM_TAG = _TAG.pack(0xFFFE, 0xE000)
+
+# How the walk encodes an element's value, decided once per (key, VR) with its header.
+_SKIP = 0  # a group length (PS3.5 7.2): not sent
+_SEQUENCE = 1
+_TEXT = 2  # one string value: encoded inline; anything else goes through _value_bytes
+_CHARSET_TEXT = 3  # the same, for a VR affected by Specific Character Set
+_OTHER = 4  # binary, AT, bulk and PN values: always through _value_bytes
+
+#: Per (JSON key, VR): the tag, what kind of value, its padding byte, the implicit VR header
+#: without the length (the tag), the explicit VR header without the length, and whether
+#: the explicit length is the 4-byte form.
+_Head = tuple[int, int, bytes, bytes, bytes, bool]
+_HEADS: dict[tuple[str, str], _Head] = {}
+_MAX_HEADS = 4096
+
+#: One element's place in both syntaxes: (parent, index, tag, start_i, end_i, start_e, end_e).
+_Entry = tuple[int, int, int, int, int, int, int]
+_NO_ENTRY: _Entry = (0, 0, 0, 0, 0, 0, 0)
+
+
+def _head(key: str, vr: str) -> _Head:
+    tag = int(key, 16)
+    tag_bytes = _TAG.pack(tag >> 16, tag & 0xFFFF)
+    vr_bytes = vr.encode()[:2].ljust(2, b"\0")  # as struct's "2s" packs it
+    long = vr in LONG_VRS
+    if tag & 0xFFFF == 0:
+        kind = _SKIP
+    elif vr == "SQ":
+        kind = _SEQUENCE
+    elif vr in _BINARY_FORMATS or vr in _BULK_VRS or vr in ("AT", "PN"):
+        kind = _OTHER
+    else:
+        kind = _CHARSET_TEXT if vr in wi.CHARSET_VRS else _TEXT
+    pad = b"\0" if vr == "UI" else b" "
+    head = (tag, kind, pad, tag_bytes, tag_bytes + vr_bytes + (b"\0\0" if long else b""), long)
+    if len(_HEADS) < _MAX_HEADS:
+        _HEADS[(key, vr)] = head
+    return head
+
+
 def _encode_level(
     dataset: DicomJson,
     codec: str,
-    explicit: bool,
-    out: bytearray,
-    entries: list[tuple[int, int, int, int, int]] | None,
+    parts_i: list[bytes],
+    parts_e: list[bytes],
+    at_i: int,
+    at_e: int,
+    entries: list[_Entry] | None,
+    subs: list[_Entry] | None,
     parent: int,
     index: int,
-) -> None:
+) -> tuple[int, int]:
+    """Append ``dataset`` to ``parts_i`` (implicit VR) and ``parts_e`` (explicit VR) in one
+    walk, starting at offsets ``at_i`` and ``at_e``; returns the offsets after it. Each value
+    is encoded once, only the headers differ. ``entries`` (when given) gets one entry per
+    element; ``subs`` (top level only) the entries inside the sequences' items."""
+    heads = _HEADS
+    pack16 = _U16.pack
+    pack32 = _U32.pack
     for key in sorted(dataset):
         elem = dataset[key]
         if not isinstance(elem, dict):
             continue
-        tag = int(key, 16)
-        if tag & 0xFFFF == 0:  # group lengths are not sent (PS3.5 7.2)
+        vr = elem.get("vr")
+        if type(vr) is not str:
+            vr = wi.vr_of(int(key, 16), elem)
+        tag, kind, pad, head_i, head_e, long = heads.get((key, vr)) or _head(key, vr)
+        if kind == _SKIP:
             continue
-        vr = wi.vr_of(tag, elem)
-        start = len(out)
-        if vr == "SQ":
-            body = bytearray()
-            keep = entries is not None and parent == 0  # sub-layout for top-level sequences
-            body_at = start + (12 if explicit else 8)  # SQ header: long form in explicit VR
+        if kind == _SEQUENCE:
+            # the headers' places are kept; they are written once the items' lengths are known
+            slot_i, slot_e = len(parts_i), len(parts_e)
+            parts_i.append(b"")
+            parts_e.append(b"")
+            end_i, end_e = at_i + 8, at_e + 12  # SQ header: long form in explicit VR
             for n, sub in enumerate(elem.get("Value") or []):
-                inner = bytearray()
-                sub_entries: list[tuple[int, int, int, int, int]] = []
-                _encode_level(
-                    sub if isinstance(sub, dict) else {},
-                    codec,
-                    explicit,
-                    inner,
-                    sub_entries if keep else None,
-                    tag,
-                    n,
+                slot = -1
+                if subs is not None:  # the item's entry precedes its elements' entries
+                    slot = len(subs)
+                    subs.append(_NO_ENTRY)
+                item_i, item_e = len(parts_i), len(parts_e)
+                parts_i.append(b"")
+                parts_e.append(b"")
+                body = sub if isinstance(sub, dict) else {}
+                ends = _encode_level(
+                    body, codec, parts_i, parts_e, end_i + 8, end_e + 8, subs, None, tag, n
                 )
-                if entries is not None and keep:
-                    item_at = body_at + len(body)
-                    entries.append((tag, n, 0, item_at, item_at + 8 + len(inner)))
-                    for p, i, t, s, e in sub_entries:
-                        entries.append((p, i, t, s + item_at + 8, e + item_at + 8))
-                body += struct.pack("<HHI", 0xFFFE, 0xE000, len(inner))
-                body += inner
-            out += _header(tag, vr, len(body), explicit)
-            out += body
+                parts_i[item_i] = _ITEM_TAG + pack32(ends[0] - end_i - 8)
+                parts_e[item_e] = _ITEM_TAG + pack32(ends[1] - end_e - 8)
+                if subs is not None:
+                    subs[slot] = (tag, n, 0, end_i, ends[0], end_e, ends[1])
+                end_i, end_e = ends
+            parts_i[slot_i] = head_i + pack32(end_i - at_i - 8)
+            parts_e[slot_e] = head_e + pack32(end_e - at_e - 12)
         else:
-            value = _value_bytes(vr, elem, codec)
-            out += _header(tag, vr, len(value), explicit)
-            out += value
+            values = elem.get("Value")
+            if kind == _OTHER:
+                value = _value_bytes(vr, elem, codec)
+            elif not values:
+                value = b""
+            elif type(values) is list and len(values) == 1 and type(values[0]) is str:
+                # the common case inline; the same bytes as _value_bytes
+                if kind == _CHARSET_TEXT:
+                    value = values[0].encode(codec)
+                else:
+                    value = values[0].encode("ascii", "replace")
+                if len(value) & 1:
+                    value += pad
+            else:
+                value = _value_bytes(vr, elem, codec)
+            length = len(value)
+            parts_i.append(head_i)
+            parts_i.append(pack32(length))
+            parts_i.append(value)
+            end_i = at_i + 8 + length
+            if long:
+                parts_e.append(head_e)
+                parts_e.append(pack32(length))
+                end_e = at_e + 12 + length
+            elif length <= 0xFFFF:
+                parts_e.append(head_e)
+                parts_e.append(pack16(length))
+                end_e = at_e + 8 + length
+            else:
+                header = _header(tag, vr, length, True)
+                parts_e.append(header)
+                end_e = at_e + len(header) + length
+            parts_e.append(value)
         if entries is not None:
-            entries.append((parent, index, tag, start, len(out)))
+            entries.append((parent, index, tag, at_i, end_i, at_e, end_e))
+        at_i, at_e = end_i, end_e
+    return at_i, at_e
+
+
+def encode_both(item: DicomJson, charset: str) -> tuple[Encoded, Encoded]:
+    """Encode every element of ``item`` (Specific Character Set left out: the answer adds
+    its own) with the codec of ``charset``, as (implicit VR, explicit VR) in one walk;
+    raises UnicodeEncodeError when text does not fit."""
+    codec = codec_for(charset) or "utf-8"
+    body = {k: v for k, v in item.items() if k != "00080005"} if "00080005" in item else item
+    parts_i: list[bytes] = []
+    parts_e: list[bytes] = []
+    top: list[_Entry] = []
+    subs: list[_Entry] = []
+    _encode_level(body, codec, parts_i, parts_e, 0, 0, top, subs, 0, 0)
+    lay_i, lay_e = _pack_layouts(top, subs)
+    return Encoded(b"".join(parts_i), lay_i), Encoded(b"".join(parts_e), lay_e)
 
 
 def encode_item(item: DicomJson, charset: str, *, explicit: bool) -> Encoded:
-    """Encode every element of ``item`` (Specific Character Set left out: the answer adds
-    its own) with the codec of ``charset``; raises UnicodeEncodeError when text does not fit.
-    """
-    codec = codec_for(charset) or "utf-8"
-    body = {k: v for k, v in item.items() if k != "00080005"}
-    out = bytearray()
-    entries: list[tuple[int, int, int, int, int]] = []
-    _encode_level(body, codec, explicit, out, entries, 0, 0)
-    return Encoded(bytes(out), _pack_layout(entries))
+    """:func:`encode_both`, one of the two syntaxes."""
+    return encode_both(item, charset)[explicit]
 
 
-def _pack_layout(entries: list[tuple[int, int, int, int, int]]) -> bytes:
+def _pack_layouts(top: list[_Entry], subs: list[_Entry]) -> tuple[bytes, bytes]:
     """Columns, top-level entries first: [ntop, n, parents[n], indexes[n], tags[n],
-    starts[n], ends[n]] as uint32, so :func:`answer` slices them without a Python loop."""
-    top = [e for e in entries if e[0] == 0]
-    subs = [e for e in entries if e[0] != 0]
+    starts[n], ends[n]] as uint32, so :func:`answer` slices them without a Python loop;
+    for implicit, then explicit VR (only the starts and ends differ)."""
     ordered = top + subs
-    columns = array("I", [len(top), len(ordered)])
-    for column in range(5):
-        columns.extend(e[column] for e in ordered)
-    return columns.tobytes()
+    shared = [len(top), len(ordered)]
+    if not ordered:
+        empty = array("I", shared).tobytes()
+        return empty, empty
+    parents, indexes, tags, starts_i, ends_i, starts_e, ends_e = zip(*ordered, strict=True)
+    shared += (*parents, *indexes, *tags)
+    return (
+        array("I", [*shared, *starts_i, *ends_i]).tobytes(),
+        array("I", [*shared, *starts_e, *ends_e]).tobytes(),
+    )
 
 
 def encode_dataset(dataset: DicomJson, charset: str, *, explicit: bool) -> bytes:
     """A whole dataset, Specific Character Set included as given (tests, export)."""
     codec = codec_for(charset) or "utf-8"
-    out = bytearray()
-    _encode_level(dataset, codec, explicit, out, None, 0, 0)
-    return bytes(out)
+    parts_i: list[bytes] = []
+    parts_e: list[bytes] = []
+    _encode_level(dataset, codec, parts_i, parts_e, 0, 0, None, None, 0, 0)
+    return b"".join(parts_e if explicit else parts_i)
 
 
 # -- answers ---------------------------------------------------------------------------------

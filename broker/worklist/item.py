@@ -52,9 +52,17 @@ WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", 
 _STRIP_BOTH = frozenset({"AE", "CS", "DS", "IS", "LO", "SH", "AS"})
 
 
+_TAG_KEYS: dict[int, str] = {}
+
+
 def tag_key(tag: int) -> str:
     """The DICOM JSON key of a tag: eight upper-case hex digits."""
-    return f"{tag:08X}"
+    key = _TAG_KEYS.get(tag)
+    if key is None:
+        key = f"{tag:08X}"
+        if len(_TAG_KEYS) < 4096:
+            _TAG_KEYS[tag] = key
+    return key
 
 
 def vr_of(tag: int, elem: DicomJson | None = None) -> str:
@@ -138,11 +146,18 @@ def text_values(elem: DicomJson | None) -> list[str]:
 
 def first_text(item: DicomJson, tag: int) -> str:
     """The first value of ``tag`` normalised for its VR, or '' when absent or empty."""
-    elem = element(item, tag)
-    values = text_values(elem)
+    elem = item.get(tag_key(tag))
+    if not isinstance(elem, dict):
+        return ""
+    values = elem.get("Value")
     if not values:
         return ""
-    return normalise(vr_of(tag, elem), values[0])
+    if type(values) is list:  # the first of text_values(elem) without building the list
+        first = values[0]
+        text = pn_to_text(first) if elem.get("vr") == "PN" else "" if first is None else str(first)
+    else:
+        text = text_values(elem)[0]
+    return normalise(vr_of(tag, elem), text)
 
 
 def sequence_items(item: DicomJson, tag: int) -> list[DicomJson]:
@@ -272,17 +287,14 @@ def index_keys(item: DicomJson) -> ItemKeys:
     for sps in sequence_items(item, SPS_SEQUENCE):
         aes = [normalise("AE", v) for v in text_values(element(sps, SCHEDULED_STATION_AE_TITLE))]
         time = first_text(sps, SPS_START_TIME)
+        # the step's keys once, then one StepKeys per station AE title
+        modality = first_text(sps, MODALITY)
+        start_date = da_canonical(first_text(sps, SPS_START_DATE))
+        start_time = tm_canonical(time) if time else ""
+        step_id = first_text(sps, SPS_ID)
+        status = first_text(sps, SPS_STATUS)
         for ae in aes or [""]:
-            steps.append(
-                StepKeys(
-                    station_ae=ae,
-                    modality=first_text(sps, MODALITY),
-                    start_date=da_canonical(first_text(sps, SPS_START_DATE)),
-                    start_time=tm_canonical(time) if time else "",
-                    step_id=first_text(sps, SPS_ID),
-                    status=first_text(sps, SPS_STATUS),
-                )
-            )
+            steps.append(StepKeys(ae, modality, start_date, start_time, step_id, status))
     names = text_values(element(item, PATIENT_NAME))
     return ItemKeys(
         accession=first_text(item, ACCESSION_NUMBER),

@@ -119,3 +119,20 @@ def test_bulk_load_keeps_items_as_they_are(store: SqliteWorklistStore) -> None:
     assert len(ids) == 500 and store.count() == 500
     got = store.get(ids[3])
     assert got is not None and got["item"] == items[3]
+
+
+@pytest.mark.parametrize(
+    ("name", "charset"),
+    [("DOE^JANE", ""), ("MÜLLER^JÖRG", "ISO_IR 100"), ("ИВАНОВ^ДМИТРИЙ", "ISO_IR 192")],
+)
+def test_stored_charset_is_the_items_native_set(
+    store: SqliteWorklistStore, name: str, charset: str
+) -> None:
+    store.upsert("O1", [item(name=name)])
+    (item_id,) = store.find_ids(order_key="O1")
+    row = (
+        store.db.reader()
+        .execute("SELECT charset FROM worklist_items WHERE id=?", (item_id,))
+        .fetchone()
+    )
+    assert row[0] == charset

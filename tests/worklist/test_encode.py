@@ -149,3 +149,26 @@ def test_whole_item_round_trip(make_item: Item, explicit: bool) -> None:
     assert back["00280010"]["Value"] == [512]
     assert float(ds.PatientWeight) == 70.5
     assert back["00400100"]["Value"][0]["00400002"] == item["00400100"]["Value"][0]["00400002"]
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_one_walk_encodes_both_syntaxes(make_item: Item, explicit: bool) -> None:
+    import struct
+
+    from broker.worklist.encode import encode_both, encode_item
+
+    item = make_item(name="Lefèvre^Zoë", station=["AA32", "AA33"])
+    item["00100000"] = {"vr": "UL", "Value": [4]}  # group length: not sent
+    both = encode_both(item, "ISO_IR 100")
+    one = encode_item(item, "ISO_IR 100", explicit=explicit)
+    assert both[explicit] == one
+    ds = decode(one.blob, explicit)
+    assert 0x00100000 not in ds
+    assert str(ds.PatientName) == "Lefèvre^Zoë"
+    step = ds.ScheduledProcedureStepSequence[0]
+    assert list(step.ScheduledStationAETitle) == ["AA32", "AA33"]
+    # too long for a short VR: explicit VR sends it as UN with a 4-byte length
+    item["00081030"] = {"vr": "LO", "Value": ["X" * 70000]}
+    blob = encode_both(item, "ISO_IR 100")[explicit].blob
+    header = struct.pack("<HH", 0x0008, 0x1030) + (b"UN\0\0" if explicit else b"")
+    assert header + struct.pack("<I", 70000) + b"X" * 70000 in blob

@@ -95,6 +95,17 @@ class WorklistStore(Protocol):
     ) -> mpps_rules.Decision: ...
 
 
+#: Distinct query identifiers whose parse and plan are kept.
+PLAN_CACHE_SIZE = 256
+
+
+class _Prepared(NamedTuple):
+    query: ParsedQuery
+    matcher: Matcher | None
+    plan: IndexPlan
+    spec: AnswerSpec
+
+
 class WorklistService:
     """Answers worklist queries and MPPS requests from a store.
 
@@ -115,6 +126,10 @@ class WorklistService:
         self.store = store
         self.calling_ae_as_station = calling_ae_as_station
         self.batch_size = batch_size
+        # Modalities poll with the same identifier again and again (same station, "today"):
+        # parsing and planning it (~60 µs) is done once per distinct identifier. Only
+        # successfully planned queries are kept; everything cached is immutable.
+        self._plans: dict[tuple[bytes, bool, str], _Prepared] = {}
 
     # -- C-FIND ----------------------------------------------------------------------------
 
@@ -153,11 +168,21 @@ class WorklistService:
 
         Raises QueryError before yielding when the identifier is malformed.
         """
-        query, matcher, index_plan = self.prepare(
-            identifier, explicit_vr=explicit_vr, calling_ae=calling_ae
+        key = (identifier, explicit_vr, calling_ae if self.calling_ae_as_station else "")
+        prepared = self._plans.get(key)
+        if prepared is None:
+            query, matcher, index_plan = self.prepare(
+                identifier, explicit_vr=explicit_vr, calling_ae=calling_ae
+            )
+            prepared = _Prepared(
+                query, matcher, index_plan, query.answer_spec(explicit=explicit_vr)
+            )
+            if len(self._plans) >= PLAN_CACHE_SIZE:
+                self._plans.pop(next(iter(self._plans)))  # oldest first
+            self._plans[key] = prepared
+        return self._answers(
+            prepared.query, prepared.matcher, prepared.plan, prepared.spec, explicit_vr
         )
-        spec = query.answer_spec(explicit=explicit_vr)
-        return self._answers(query, matcher, index_plan, spec, explicit_vr)
 
     def _answers(
         self,

@@ -1,7 +1,14 @@
 """The declarative mapping language: HL7 paths in, DICOM JSON (or HL7) out; compiled once."""
 
 from broker.mapping.compiler import CompileError, MappingFault, predicate, stable_uid
-from broker.mapping.mapping import DicomMapping, HL7Mapping, MappedItems, Mapping, compile_mapping
+from broker.mapping.mapping import (
+    DicomMapping,
+    HL7Mapping,
+    MappedItems,
+    Mapping,
+    compile_mapping,
+    generated_source,
+)
 from broker.mapping.models import Attribute, MappingFile, Predicate
 from broker.mapping.paths import ExpressionError, HL7Path, parse_expression, parse_path
 from broker.mapping.scope import Scope
@@ -20,6 +27,7 @@ __all__ = [
     "Predicate",
     "Scope",
     "compile_mapping",
+    "generated_source",
     "parse_expression",
     "parse_path",
     "predicate",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Any
 
+from broker.mapping.codegen import Build, Generated, generate_build
 from broker.mapping.compiler import (
     CompileError,
     Getter,
@@ -59,10 +60,25 @@ class DicomMapping:
             for k, spec in model.attributes.items()
             if (op := compile_dicom_attr(k, spec, ctx, ("attributes", k))) is not None
         ]
+        #: the generated builder (broker/mapping/codegen.py); the closures stay the reference
+        self._generated: Generated | None = None
+        if not ctx.problems:  # with problems compile_mapping raises: nothing to generate
+            self._generated = generate_build(model, ctx, self.build_reference)
+        self._build: Build = (
+            self._generated.build if self._generated is not None else self.build_reference
+        )
 
-    def scopes(self, message: Message, variables: dict[str, str] | None = None) -> list[Scope]:
+    def scopes(
+        self,
+        message: Message,
+        variables: dict[str, str] | None = None,
+        shared: Scope | None = None,
+    ) -> list[Scope]:
         """One scope per step with ``$order_number``, ``$order_key``, ``$patient_key``,
-        ``$step_index`` set. Raises MappingFault (101) when there is no step or no order number."""
+        ``$step_index`` set. Raises MappingFault (101) when there is no step or no order number.
+
+        ``shared``: a scope of the same message without overrides (the route's): a step that
+        overrides no segment reads the same segments, so it shares the fields already split."""
         base = dict(variables or {})
         if self.each is None:
             overrides: list[dict[str, Any]] = [{}]
@@ -75,6 +91,8 @@ class DicomMapping:
         out: list[Scope] = []
         for i, segs in enumerate(overrides, 1):
             scope = Scope(message, segs, dict(base))
+            if not segs and shared is not None and not shared.segs and shared.message is message:
+                scope.segfields = shared.segfields  # the same segments: Scope.plain is pure
             number = self._number(scope)
             if not number:
                 raise MappingFault(
@@ -90,6 +108,10 @@ class DicomMapping:
 
     def build(self, scope: Scope, warnings: list[str]) -> dict[str, Any]:
         """The DICOM JSON item of one step; raises MappingFault."""
+        return self._build(scope, warnings)
+
+    def build_reference(self, scope: Scope, warnings: list[str]) -> dict[str, Any]:
+        """:meth:`build` with the closures (the reference the generated builder is held to)."""
         item: dict[str, Any] = {}
         for op in self._ops:
             op(scope, item, warnings)
@@ -161,6 +183,13 @@ def _first_location(expr: str) -> str:
     return ""
 
 
+def generated_source(mapping: Mapping) -> str:
+    """The source of a DICOM mapping's generated builder ("" for HL7 mappings), for debugging."""
+    if isinstance(mapping, DicomMapping) and mapping._generated is not None:
+        return mapping._generated.source
+    return ""
+
+
 def compile_mapping(model: MappingFile, base_dir: FsPath | None = None) -> Mapping:
     """Compile a validated model; raises CompileError listing every wrong reference."""
     ctx = make_ctx(model, base_dir)
@@ -179,4 +208,5 @@ __all__ = [
     "Mapping",
     "MappingFault",
     "compile_mapping",
+    "generated_source",
 ]

@@ -35,6 +35,9 @@ _OP_STATUS = {
 }
 
 ActionResult = tuple[list[Effect], dict[str, Any]]
+#: run(message, route scope) -> effects and description; the route scope (no overrides) lends
+#: its already split segments to the mapping's step scopes
+ActionFn = Callable[["Message", Scope], ActionResult]
 
 
 #: the MSH values routes match on, as Message properties, read once per message
@@ -108,7 +111,7 @@ class RouteEngine:
                     continue
                 matched.append(r.name)
                 for run in r.actions:
-                    eff, desc = run(message)
+                    eff, desc = run(message, scope)
                     desc["route"] = r.name
                     effects.extend(eff)
                     actions.append(desc)
@@ -175,7 +178,7 @@ class RouteEngine:
 
     # -- actions ---------------------------------------------------------------------------
 
-    def _compile_action(self, action: Action) -> Callable[[Message], ActionResult]:
+    def _compile_action(self, action: Action) -> ActionFn:
         if action.worklist is not None:
             wl = action.worklist
             table = self.definitions.order_control[wl.order_control]
@@ -194,7 +197,7 @@ class RouteEngine:
         if action.reconcile is not None:
             to = action.reconcile.to
 
-            def reconcile(message: Message) -> ActionResult:
+            def reconcile(message: Message, scope: Scope) -> ActionResult:
                 reason = "reconciliation not yet available"
                 return (
                     [Skipped("reconcile", reason)],
@@ -205,14 +208,14 @@ class RouteEngine:
         assert action.drop is not None
         reason = action.drop.reason
 
-        def drop(message: Message) -> ActionResult:
+        def drop(message: Message, scope: Scope) -> ActionResult:
             return ([Skipped("drop", reason)], {"action": "drop", "reason": reason})
 
         return drop
 
     def _worklist(
         self, op: str, table_name: str, table: dict[str, str], mapping: DicomMapping | None
-    ) -> Callable[[Message], ActionResult]:
+    ) -> ActionFn:
         def status_of(scope: Scope) -> tuple[str, str]:
             if op != "auto":
                 return _OP_STATUS[op], op
@@ -230,10 +233,10 @@ class RouteEngine:
                 )
             return status, orc1 + (f"_{orc5}" if orc5 else "")
 
-        def run(message: Message) -> ActionResult:
+        def run(message: Message, route_scope: Scope) -> ActionResult:
             if mapping is None:
                 raise MappingFault(207, "", "worklist action without a dicom mapping")
-            scopes = mapping.scopes(message)
+            scopes = mapping.scopes(message, None, route_scope)
             orders: dict[str, list[Scope]] = {}
             for s in scopes:
                 orders.setdefault(s.vars["order_key"], []).append(s)
@@ -275,8 +278,8 @@ class RouteEngine:
 
     def _forward(
         self, to: list[str], mapping: HL7Mapping, ordering: Callable[[Scope], str]
-    ) -> Callable[[Message], ActionResult]:
-        def run(message: Message) -> ActionResult:
+    ) -> ActionFn:
+        def run(message: Message, route_scope: Scope) -> ActionResult:
             warnings: list[str] = []
             text = mapping.build(message, None, warnings)
             charset = message.charset

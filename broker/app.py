@@ -18,6 +18,7 @@ from typing import Any
 from broker.admin.http import AdminServer
 from broker.admin.metrics import Metrics
 from broker.config import MllpListenerSettings, Settings
+from broker.delivery import DeliveryService
 from broker.dicom import DicomSCP, Service
 from broker.effects import WorklistStatusChange, WorklistUpsert
 from broker.errors import ConfigError
@@ -27,6 +28,7 @@ from broker.ingest.pipeline import IngestPipeline
 from broker.routing import RouterHolder
 from broker.storage.sqlite import SqliteDatabase
 from broker.storage.sqlite_journal import JOURNAL_SCHEMA, Applier, SqliteJournal
+from broker.storage.sqlite_queue import QUEUE_SCHEMA, SqliteQueue
 from broker.storage.sqlite_worklist import (
     SqliteWorklistStore,
     apply_worklist_status,
@@ -44,7 +46,7 @@ def open_database(settings: Settings) -> SqliteDatabase:
             f"store: {settings.store!r}: the Redis backend is not available in this version; "
             "use sqlite:///PATH"
         )
-    return SqliteDatabase(settings.sqlite_path, schemas=[JOURNAL_SCHEMA])
+    return SqliteDatabase(settings.sqlite_path, schemas=[JOURNAL_SCHEMA, QUEUE_SCHEMA])
 
 
 def make_journal(settings: Settings, db: SqliteDatabase) -> SqliteJournal:
@@ -81,6 +83,9 @@ class Broker:
         self.db = open_database(settings)
         self.journal = make_journal(settings, self.db)
         self.worklist = SqliteWorklistStore(self.db)
+        self.queue = SqliteQueue(self.db)
+        self.delivery: DeliveryService | None = None
+        self._delivery_seen: dict[str, tuple[int, int, int]] = {}
         self._router_factory = router
         self.routes: RouterHolder | None = None
         self.listeners: list[MllpListener] = []
@@ -96,6 +101,18 @@ class Broker:
     async def start(self) -> None:
         settings = self.settings
         await self._stack.enter_async_context(self.db)
+        # Entered before the listeners, so it stops after them: nothing new is accepted
+        # while in-flight deliveries finish (or their leases lapse and they are retried).
+        self.delivery = DeliveryService.from_settings(
+            settings,
+            self.queue,
+            keep_delivered_s=settings.delivery.keep_delivered_hours * 3600,
+            shutdown_s=settings.delivery.shutdown_s,
+        )
+        await self._stack.enter_async_context(self.delivery)
+        self._tasks.append(
+            asyncio.create_task(self._delivery_metrics_loop(), name="delivery-metrics")
+        )
         router = self._router_factory
         if router is None:
             # Routes and mappings load once here (an invalid set stops the start with every
@@ -106,7 +123,11 @@ class Broker:
             router = self._current_router
             self._tasks.append(asyncio.create_task(self.routes.watch(), name="routes-watch"))
         pipeline = IngestPipeline(
-            self.journal, router, self.metrics, default_charset=settings.default_charset
+            self.journal,
+            router,
+            self.metrics,
+            default_charset=settings.default_charset,
+            on_applied=self.delivery.notify_applied,
         )
         for conf in settings.mllp:
             listener = MllpListener(
@@ -216,6 +237,34 @@ class Broker:
         self.metrics.store_bytes.set(stats["bytes"])
         for listener in self.listeners:
             self.metrics.mllp_connections.labels(listener.name).set(len(listener.connections))
+
+    async def _delivery_metrics_loop(self, interval_s: float = 5.0) -> None:
+        """Copy the delivery workers' figures into Prometheus metrics."""
+        while True:
+            try:
+                await self.refresh_delivery_metrics()
+            except Exception:
+                log.exception("delivery metrics refresh failed; will try again")
+            await asyncio.sleep(interval_s)
+
+    async def refresh_delivery_metrics(self) -> None:
+        if self.delivery is None:
+            return
+        m = self.metrics
+        for name, st in (await self.delivery.stats()).items():
+            m.delivery_depth.labels(name).set(st.depth)
+            m.delivery_oldest_age.labels(name).set(st.oldest_age_s)
+            m.delivery_in_flight.labels(name).set(st.in_flight)
+            m.delivery_dead_letters.labels(name).set(st.dead)
+            for state in ("up", "retrying", "paused", "no worker"):
+                m.delivery_state.labels(name, state).set(1 if st.state == state else 0)
+            # Worker counters are cumulative per process: add what is new since last time.
+            seen = self._delivery_seen.get(name, (0, 0, 0))
+            now = (st.delivered, st.retried, st.dead_total)
+            m.delivery_delivered.labels(name).inc(max(0, now[0] - seen[0]))
+            m.delivery_retried.labels(name).inc(max(0, now[1] - seen[1]))
+            m.delivery_dead.labels(name).inc(max(0, now[2] - seen[2]))
+            self._delivery_seen[name] = now
 
     async def _retention_loop(self) -> None:
         conf = self.settings.journal

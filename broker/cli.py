@@ -265,9 +265,10 @@ def journal_show(config: Path | None, journal_id: int, show_phi: bool) -> None:
 
 
 def _register_groups() -> None:
-    from broker import cli_worklist
+    from broker import cli_queue, cli_worklist
 
     cli_worklist.register(main, _load, config_option)
+    cli_queue.register(main, _load, config_option)
 
 
 _register_groups()

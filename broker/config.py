@@ -128,12 +128,45 @@ class LoggingSettings(_Model):
     show_phi: bool = Field(False, description="Let patient data into logs (debugging only).")
 
 
+class RetrySettings(_Model):
+    """When a delivery fails: exponential backoff with jitter, then the dead-letter list."""
+
+    initial_s: float = Field(1.0, ge=0, description="Wait before the first retry.")
+    factor: float = Field(2.0, ge=1, description="Each wait is the previous one times this.")
+    max_interval_s: float = Field(300.0, gt=0, description="Longest wait between attempts.")
+    max_attempts: int = Field(0, ge=0, description="Attempts before dead-lettering (0: no limit).")
+    max_age_s: float = Field(
+        86400.0, ge=0, description="Dead-letter an entry older than this (0: no limit)."
+    )
+    jitter: float = Field(0.2, ge=0, le=1, description="Random spread of each wait (fraction).")
+
+
 class Destination(_Model):
-    """An outbound destination (queued, retried deliveries come with the delivery issue)."""
+    """An outbound destination: its type's own keys (host/port, url, ...) plus these.
+
+    See docs/DELIVERY.md for every type's keys.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
     type: Literal["mllp", "http", "orthanc", "bus"] = Field(
         description="mllp (host, port), http (url), orthanc (url, username, password), bus (url)."
+    )
+    ordering: Literal["destination", "patient", "none"] = Field(
+        "destination",
+        description="FIFO scope: the whole destination, each patient, or no order.",
+    )
+    concurrency: int = Field(8, ge=1, description="Ordering keys delivered at once.")
+    retry: RetrySettings = Field(default_factory=RetrySettings)  # type: ignore[arg-type]
+
+
+class DeliverySettings(_Model):
+    """Delivery workers."""
+
+    keep_delivered_hours: float = Field(
+        24, ge=0, description="Delivered entries stay visible this long."
+    )
+    shutdown_s: float = Field(
+        5, ge=0, description="On shutdown, wait this long for in-flight deliveries."
     )
 
 
@@ -154,6 +187,7 @@ class Settings(_Model):
     http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
     journal: JournalSettings = Field(default_factory=JournalSettings)  # type: ignore[arg-type]
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)  # type: ignore[arg-type]
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)  # type: ignore[arg-type]
     logging: LoggingSettings = Field(default_factory=LoggingSettings)  # type: ignore[arg-type]
     destinations: dict[str, Destination] = Field(
         default_factory=dict,

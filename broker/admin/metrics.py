@@ -58,6 +58,56 @@ class Metrics:
             "broker_mllp_connections", "Open MLLP connections", ["listener"], registry=self.registry
         )
 
+        by_destination = ["destination"]
+        self.delivery_depth = Gauge(
+            "broker_delivery_depth",
+            "Entries waiting per destination",
+            by_destination,
+            registry=self.registry,
+        )
+        self.delivery_oldest_age = Gauge(
+            "broker_delivery_oldest_age_seconds",
+            "Age of the oldest waiting entry",
+            by_destination,
+            registry=self.registry,
+        )
+        self.delivery_in_flight = Gauge(
+            "broker_delivery_in_flight",
+            "Entries being delivered",
+            by_destination,
+            registry=self.registry,
+        )
+        self.delivery_dead_letters = Gauge(
+            "broker_delivery_dead_letters",
+            "Dead letters waiting for an analyst",
+            by_destination,
+            registry=self.registry,
+        )
+        self.delivery_state = Gauge(
+            "broker_delivery_state",
+            "1 for the destination's current state",
+            ["destination", "state"],
+            registry=self.registry,
+        )
+        self.delivery_delivered = Counter(
+            "broker_delivery_delivered",
+            "Entries delivered",
+            by_destination,
+            registry=self.registry,
+        )
+        self.delivery_retried = Counter(
+            "broker_delivery_retried",
+            "Failed attempts scheduled for retry",
+            by_destination,
+            registry=self.registry,
+        )
+        self.delivery_dead = Counter(
+            "broker_delivery_dead",
+            "Entries moved to the dead-letter list",
+            by_destination,
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from broker.admin.metrics import Metrics
 from broker.errors import StoreError
@@ -36,8 +37,12 @@ class IngestPipeline:
         metrics: Metrics,
         *,
         default_charset: str = "ASCII",
+        on_applied: Callable[[tuple[dict[str, Any], ...]], None] | None = None,
     ) -> None:
         self.journal = journal
+        # Told what a commit applied (e.g. which destinations got entries), so delivery
+        # workers wake at once instead of at their next poll.
+        self.on_applied = on_applied
         self.current_router = router  # a callable, so a hot reload swaps routes atomically
         self.metrics = metrics
         self.default_charset = default_charset
@@ -91,6 +96,8 @@ class IngestPipeline:
                 return self._answer(header, code, errors, charset, started, listener)
             if result.duplicate:
                 self.metrics.duplicates.labels(listener).inc()
+            elif result.applied and self.on_applied is not None:
+                self.on_applied(result.applied)
             code, errors = result.ack_code, result.errors
             return self._answer(header, code, errors, charset, started, listener)
         except Exception:

@@ -1,0 +1,520 @@
+"""Delivery workers: drain each destination's queue inside ``broker serve`` (asyncio).
+
+Per destination, one :class:`DestinationWorker` claims lanes from the queue (a lease, so
+another broker process on the same store never sends the same entry at once) and runs one task
+per lane: the lane's entries go out one at a time, in order. Several lanes run concurrently
+(``concurrency``), so a patient whose message keeps failing holds up only that patient. A
+failed attempt asks the retry policy (pure) when to try again or whether to give up; the
+lane then stops until the retry is due and the rest of its run is given back.
+
+Acknowledgements are written without waiting for their commit before the next send (the
+writer's group commit batches them; a crash before the commit only means a resend, which
+at-least-once allows), and every lane waits for its writes before it ends.
+
+Shutdown: stop claiming, let in-flight deliveries finish within ``shutdown_s``, then cancel
+them; the entries not settled are released (or their lease simply expires), so they are sent
+again later. Nothing is half-done: an entry is delivered-and-acked, or it will be retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from broker.config import Settings
+from broker.delivery.destinations import (
+    SUPPORTED_TYPES,
+    Dead,
+    Delivered,
+    Destination,
+    Outcome,
+    Retry,
+    build_destination,
+)
+from broker.errors import ConfigError
+from broker.queue.base import (
+    DEFAULT_KEEP_DELIVERED_S,
+    DEFAULT_LEASE_S,
+    DEFAULT_RUN,
+    DeliveryQueue,
+    Entry,
+    Ordering,
+    QueueStats,
+)
+from broker.queue.policy import RetryAt, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+#: Lanes one destination delivers concurrently (ordering patient or none).
+DEFAULT_CONCURRENCY = 8
+#: Longest wait before looking for new or due entries when nobody signalled any.
+DEFAULT_POLL_S = 0.25
+#: Upper bound of one delivery attempt, beyond the destination's own timeouts (a safety net).
+DEFAULT_ATTEMPT_TIMEOUT_S = 120.0
+#: How long a stopping worker lets in-flight deliveries finish before cancelling them.
+DEFAULT_SHUTDOWN_S = 5.0
+#: How often delivered entries older than the retention are purged.
+DEFAULT_PURGE_INTERVAL_S = 3600.0
+
+
+def new_owner() -> str:
+    """A lease owner name unique to this process (host, pid, random)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How one destination's queue is drained (config keys of the destination)."""
+
+    ordering: Ordering = Ordering.DESTINATION
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    concurrency: int = DEFAULT_CONCURRENCY
+    run: int = DEFAULT_RUN
+    lease_s: float = DEFAULT_LEASE_S
+    poll_s: float = DEFAULT_POLL_S
+    attempt_timeout_s: float = DEFAULT_ATTEMPT_TIMEOUT_S
+
+    @property
+    def lanes(self) -> int:
+        """Lanes at once: one when the whole destination is one lane."""
+        return 1 if self.ordering is Ordering.DESTINATION else self.concurrency
+
+    @classmethod
+    def from_mapping(cls, where: str, data: Mapping[str, Any]) -> WorkerOptions:
+        """Read ``ordering``, ``retry`` and ``concurrency``; other keys belong to the type."""
+        raw = data.get("ordering", Ordering.DESTINATION.value)
+        try:
+            ordering = Ordering(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{where}.ordering: found {raw!r}; expected destination, patient or none"
+            ) from None
+        concurrency = data.get("concurrency", DEFAULT_CONCURRENCY)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"{where}.concurrency: found {concurrency!r}; expected 1 or more")
+        retry = RetryPolicy.from_mapping(data.get("retry"), f"{where}.retry")
+        return cls(ordering=ordering, retry=retry, concurrency=concurrency)
+
+
+@dataclass(slots=True)
+class Counters:
+    """What a worker did since it started (the lead maps these to Prometheus counters)."""
+
+    delivered: int = 0
+    retried: int = 0  # failed attempts that will be tried again
+    dead: int = 0
+    failing_since: float = 0.0  # first failure of the current streak (0: up)
+    failures: int = 0  # failed attempts in the current streak
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationStats:
+    """One destination as ``queue ls``, /metrics and /health show it."""
+
+    name: str
+    type: str
+    state: str  # up | retrying | paused | no worker
+    since: float = 0.0  # retrying: first failure; paused: when
+    attempts: int = 0  # retrying: failed attempts in a row
+    delivered: int = 0
+    retried: int = 0
+    dead_total: int = 0  # entries this process buried
+    depth: int = 0
+    in_flight: int = 0
+    dead: int = 0  # dead letters waiting in the store
+    oldest_age_s: float = 0.0
+
+
+def describe(queue: QueueStats, counters: Counters | None, now: float) -> tuple[str, float, int]:
+    """(state, since, attempts) of a destination from the store and, if running, its worker."""
+    if queue.paused:
+        return "paused", queue.paused_at, 0
+    if counters is not None and counters.failures:
+        return "retrying", counters.failing_since, counters.failures
+    if queue.retry:
+        return "retrying", queue.retrying_since, queue.max_attempts
+    return "up", 0.0, 0
+
+
+class DestinationWorker:
+    """Drains one destination's queue (see the module docstring)."""
+
+    def __init__(
+        self,
+        destination: Destination,
+        queue: DeliveryQueue,
+        options: WorkerOptions | None = None,
+        *,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.destination = destination
+        self.name = destination.name
+        self.queue = queue
+        self.options = options or WorkerOptions()
+        self.owner = owner or new_owner()
+        self.clock = clock
+        self.rand = rand
+        self.counters = Counters()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._lanes: dict[str, asyncio.Task[None]] = {}
+        self._held: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start draining in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"deliver-{self.name}")
+            self._heartbeat = asyncio.create_task(self._renew(), name=f"lease-{self.name}")
+
+    def wake(self) -> None:
+        """Look for claimable entries now (new entries were committed, a pause was lifted)."""
+        self._wake.set()
+
+    async def stop(self, shutdown_s: float = DEFAULT_SHUTDOWN_S) -> None:
+        """Stop claiming; give in-flight deliveries ``shutdown_s`` to finish, cancel the
+        rest (their entries are released for a later attempt)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await _cancel(self._task)
+        lanes = list(self._lanes.values())
+        if lanes:
+            _, late = await asyncio.wait(lanes, timeout=shutdown_s)
+            for task in late:
+                await _cancel(task)
+        if self._heartbeat is not None:
+            await _cancel(self._heartbeat)
+        self._task = self._heartbeat = None
+
+    @property
+    def busy_lanes(self) -> int:
+        return len(self._lanes)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        opts = self.options
+        while not self._stopping:
+            self._wake.clear()
+            free = opts.lanes - len(self._lanes)
+            if free > 0:
+                try:
+                    entries = await self.queue.claim(
+                        self.name,
+                        self.owner,
+                        ordering=opts.ordering,
+                        lanes=free,
+                        run=opts.run,
+                        lease_s=opts.lease_s,
+                        exclude_lanes=list(self._lanes),
+                    )
+                except Exception:
+                    log.exception("destination %s: cannot claim entries; will try again", self.name)
+                    entries = []
+                for lane, run in _by_lane(entries, opts.ordering).items():
+                    self._held.update(e.id for e in run)
+                    task = asyncio.create_task(self._drain(run), name=f"lane-{self.name}")
+                    self._lanes[lane] = task
+                    task.add_done_callback(functools.partial(self._lane_done, lane))
+                if entries and len(self._lanes) < opts.lanes:
+                    continue  # there may be more claimable lanes right now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), opts.poll_s)
+
+    def _lane_done(self, lane: str, _task: asyncio.Task[None]) -> None:
+        self._lanes.pop(lane, None)
+        self._wake.set()  # a lane is free, and its successors may be claimable
+
+    async def _renew(self) -> None:
+        """Keep this worker's leases alive while it holds them (a third of the lease)."""
+        interval = self.options.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            if self._held:
+                asked = set(self._held)
+                try:
+                    kept = await self.queue.renew(self.owner, sorted(asked), self.options.lease_s)
+                except Exception:
+                    log.exception("destination %s: cannot renew leases", self.name)
+                    continue
+                lost = asked - kept
+                if lost:  # taken over after our lease expired: the new owner sends them
+                    log.warning(
+                        "destination %s: lost the lease on %d entries", self.name, len(lost)
+                    )
+                    self._held.difference_update(lost)
+
+    async def _drain(self, run: Sequence[Entry]) -> None:
+        """Deliver one lane's run in order; stop the lane at the first retry."""
+        pending_writes: list[asyncio.Future[Any]] = []
+        left = [e.id for e in run]
+        try:
+            for entry in run:
+                if self._stopping or entry.id not in self._held:
+                    break  # stopping, or the lease was lost (the lane has a new owner)
+                outcome = await self._attempt(entry)
+                left.remove(entry.id)
+                if isinstance(outcome, Delivered):
+                    self._delivered()
+                    pending_writes.append(self._write(self.queue.ack(self.owner, entry.id)))
+                    continue
+                # A failure is recorded before anything after it in the lane is touched.
+                await asyncio.gather(*pending_writes, return_exceptions=True)
+                pending_writes.clear()
+                if not await self._failed(entry, outcome):
+                    break
+        finally:
+            # Bookkeeping runs to its end even when the lane is cancelled (arq's finish_job).
+            await asyncio.shield(self._settle(pending_writes, left, [e.id for e in run]))
+
+    async def _attempt(self, entry: Entry) -> Outcome:
+        try:
+            return await asyncio.wait_for(
+                self.destination.deliver(entry), self.options.attempt_timeout_s
+            )
+        except TimeoutError:
+            return Retry(f"delivery took longer than {self.options.attempt_timeout_s:g} s")
+        except Exception as exc:  # a bug in a destination must not stop the worker
+            log.exception("destination %s: delivery of entry %d failed", self.name, entry.id)
+            return Retry(f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _failed(self, entry: Entry, outcome: Retry | Dead) -> bool:
+        """Record a failed attempt; True when the lane may go on (the entry is dead)."""
+        now = self.clock()
+        if isinstance(outcome, Dead):
+            self.counters.dead += 1
+            await self._record(self.queue.bury(self.owner, entry.id, outcome.error))
+            log.warning("destination %s: entry %d is dead: %s", self.name, entry.id, outcome.error)
+            return True
+        counters = self.counters
+        counters.failures += 1
+        counters.failing_since = counters.failing_since or now
+        attempts = entry.attempts + 1
+        decision = self.options.retry.decide(attempts, entry.created_at, now, self.rand())
+        if isinstance(decision, RetryAt):
+            counters.retried += 1
+            await self._record(
+                self.queue.retry_later(self.owner, entry.id, outcome.error, decision.at)
+            )
+            log.info(
+                "destination %s: entry %d attempt %d failed (%s); next in %.1f s",
+                self.name,
+                entry.id,
+                attempts,
+                outcome.error,
+                decision.at - now,
+            )
+            return False
+        counters.dead += 1
+        error = f"{outcome.error} ({decision.reason})"
+        await self._record(self.queue.bury(self.owner, entry.id, error))
+        log.warning("destination %s: entry %d is dead: %s", self.name, entry.id, error)
+        return True
+
+    def _delivered(self) -> None:
+        self.counters.delivered += 1
+        self.counters.failures = 0
+        self.counters.failing_since = 0.0
+
+    def _write(self, write: Awaitable[Any]) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(write)
+
+    async def _record(self, write: Awaitable[Any]) -> None:
+        try:
+            await write
+        except Exception:
+            # The lease then expires and the entry is tried again: at least once.
+            log.exception("destination %s: cannot record a delivery outcome", self.name)
+
+    async def _settle(
+        self, writes: list[asyncio.Future[Any]], left: list[int], run: list[int]
+    ) -> None:
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("destination %s: cannot record a delivery: %s", self.name, result)
+        if left:
+            await self._record(self.queue.release(self.owner, left))
+        self._held.difference_update(run)
+
+
+def _by_lane(entries: Sequence[Entry], ordering: Ordering) -> dict[str, list[Entry]]:
+    lanes: dict[str, list[Entry]] = {}
+    for entry in entries:
+        lanes.setdefault(ordering.lane(entry.id, entry.ordering_key), []).append(entry)
+    return lanes
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class DeliveryService:
+    """Every destination's worker, the destinations' connections and retention of delivered
+    entries; ``async with DeliveryService(...)`` inside ``broker serve``."""
+
+    def __init__(
+        self,
+        queue: DeliveryQueue,
+        workers: Sequence[DestinationWorker],
+        *,
+        types: Mapping[str, str] | None = None,
+        keep_delivered_s: float = DEFAULT_KEEP_DELIVERED_S,
+        purge_interval_s: float = DEFAULT_PURGE_INTERVAL_S,
+        shutdown_s: float = DEFAULT_SHUTDOWN_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.queue = queue
+        self.workers = {w.name: w for w in workers}
+        self.types = dict(types or {})
+        self.keep_delivered_s = keep_delivered_s
+        self.purge_interval_s = purge_interval_s
+        self.shutdown_s = shutdown_s
+        self.clock = clock
+        self._purge: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        queue: DeliveryQueue,
+        *,
+        owner: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        poll_s: float = DEFAULT_POLL_S,
+        **kwargs: Any,
+    ) -> DeliveryService:
+        """Workers for every configured destination of a supported type (others' entries
+        wait in their queue until a broker version that delivers them); ``kwargs`` go to
+        the constructor. Raises :class:`ConfigError` naming the destination's bad key."""
+        owner = owner or new_owner()
+        workers = []
+        types = {}
+        for name, conf in settings.destinations.items():
+            types[name] = conf.type
+            # Declared fields and extra keys alike (config.py may declare more of them).
+            keys: dict[str, Any] = conf.model_dump(exclude={"type"}, exclude_none=True)
+            if conf.type not in SUPPORTED_TYPES:
+                log.warning("destination %s: type %s is not delivered yet", name, conf.type)
+                continue
+            options = WorkerOptions.from_mapping(f"destinations.{name}", keys)
+            options = replace(options, lease_s=lease_s, poll_s=poll_s)
+            destination = build_destination(name, conf.type, keys, _resolver(settings))
+            workers.append(DestinationWorker(destination, queue, options, owner=owner))
+        return cls(queue, workers, types=types, **kwargs)
+
+    async def __aenter__(self) -> DeliveryService:
+        for worker in self.workers.values():
+            worker.start()
+        self._purge = asyncio.create_task(self._retention(), name="delivery-retention")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop every worker (in parallel, each within ``shutdown_s``), close connections."""
+        if self._purge is not None:
+            await _cancel(self._purge)
+            self._purge = None
+        await asyncio.gather(*(w.stop(self.shutdown_s) for w in self.workers.values()))
+        for worker in self.workers.values():
+            try:
+                await worker.destination.aclose()
+            except Exception:
+                log.exception("destination %s: error while closing", worker.name)
+
+    def notify(self, destination: str | None = None) -> None:
+        """Entries were committed for ``destination`` (every one when None): look now."""
+        if destination is None:
+            for worker in self.workers.values():
+                worker.wake()
+        elif destination in self.workers:
+            self.workers[destination].wake()
+
+    def notify_applied(self, applied: Sequence[Mapping[str, Any]]) -> None:
+        """Wake the workers of the destinations named in a journal commit's ``applied``
+        summaries (``{"queued": name, ...}``)."""
+        for summary in applied:
+            name = summary.get("queued")
+            if isinstance(name, str):
+                self.notify(name)
+
+    async def stats(self) -> dict[str, DestinationStats]:
+        """Every known destination: configured, with a worker, or with entries in store."""
+        now = self.clock()
+        queues = await self.queue.stats(sorted({*self.types, *self.workers}))
+        out: dict[str, DestinationStats] = {}
+        for name, q in queues.items():
+            worker = self.workers.get(name)
+            counters = worker.counters if worker is not None else None
+            state, since, attempts = describe(q, counters, now)
+            if worker is None and not q.paused:
+                state = "no worker"
+            stats = DestinationStats(
+                name=name,
+                type=self.types.get(name, "?"),
+                state=state,
+                since=since,
+                attempts=attempts,
+                depth=q.depth,
+                in_flight=q.in_flight,
+                dead=q.dead,
+                oldest_age_s=q.oldest_age(now),
+            )
+            if counters is not None:
+                stats = replace(
+                    stats,
+                    delivered=counters.delivered,
+                    retried=counters.retried,
+                    dead_total=counters.dead,
+                )
+            out[name] = stats
+        return out
+
+    async def _retention(self) -> None:
+        while True:
+            try:
+                removed = await self.queue.purge_delivered(self.keep_delivered_s)
+                if removed:
+                    log.info("delivery retention: removed %d delivered entries", removed)
+            except Exception:
+                log.exception("delivery retention failed; will try again")
+            await asyncio.sleep(self.purge_interval_s)
+
+
+def _resolver(settings: Settings) -> Callable[[Path], Path]:
+    return settings.resolve
+
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_POLL_S",
+    "DEFAULT_SHUTDOWN_S",
+    "Counters",
+    "DeliveryService",
+    "DestinationStats",
+    "DestinationWorker",
+    "WorkerOptions",
+    "describe",
+    "new_owner",
+]

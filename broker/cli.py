@@ -37,7 +37,17 @@ config_option = click.option(
 )
 
 
-@click.group()
+class _BrokerGroup(click.Group):
+    """Turns the broker's own errors into one-line messages (exit 1), never tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokerError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_BrokerGroup)
 @click.version_option(package_name="broker")
 def main() -> None:
     """RIS-PACS-EHR interface broker: HL7 v2 over MLLP in, DICOM worklist out."""

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 #: Upper bound of units committed together; bounds the latency one commit adds to its members.
 DEFAULT_MAX_BATCH = 512
+#: Layout version of the tables this code creates (PRAGMA user_version). A file written by
+#: another layout is refused with a clear message instead of failing on a missing column.
+SCHEMA_VERSION = 1
+
 #: How long a connection waits on a lock held by another process before failing.
 DEFAULT_BUSY_TIMEOUT_S = 10.0
 
@@ -102,13 +106,18 @@ class SqliteDatabase:
             # never shrinks an SQLite file, a known pain of the incumbents).
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
+            self._check_version(conn)
             for schema in self._schemas:
                 for statement in schema.statements:
                     conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.commit()
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot initialise {self.path}: {exc}") from exc
+        except StoreError:
+            conn.close()
+            raise
         self._writer = threading.Thread(
             target=self._writer_loop, args=(conn,), name="sqlite-writer", daemon=True
         )
@@ -125,6 +134,15 @@ class SqliteDatabase:
                 conn.close()
             self._reader_conns.clear()
         self._readers = threading.local()
+
+    def _check_version(self, conn: sqlite3.Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        (tables,) = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()
+        if tables and version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by another broker version (store layout {version}, "
+                f"this version uses {SCHEMA_VERSION}); move it aside to start a new store"
+            )
 
     async def __aenter__(self) -> SqliteDatabase:
         await asyncio.to_thread(self.open)

@@ -90,3 +90,14 @@ def test_deleting_and_reclaiming_shrinks_the_file(tmp_path: Path) -> None:
         assert db.file_size() < full / 10
     finally:
         db.close()
+
+
+def test_a_store_of_another_layout_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY)")  # an older layout, version 0
+    conn.commit()
+    conn.close()
+    db = SqliteDatabase(path, schemas=[SCHEMA])
+    with pytest.raises(StoreError, match="written by another broker version"):
+        db.open()

@@ -121,7 +121,16 @@ def route(config: Path | None, message: Path) -> None:
     except (CharsetError, HL7ParseError) as exc:
         raise click.ClickException(f"{message}: {exc}") from None
     engine = RouteEngine(definitions, settings.destinations.keys())
-    click.echo(json.dumps(dry_run(engine, parsed), indent=2, ensure_ascii=False))
+    result = dry_run(engine, parsed)
+    from broker.hl7.structure import check_structure
+
+    structure = check_structure(parsed.text)
+    result["structure"] = {
+        "checked": structure.checked,
+        "problems": structure.problems,
+        **({"note": structure.note} if structure.note else {}),
+    }
+    click.echo(json.dumps(result, indent=2, ensure_ascii=False))
 
 
 @main.command()

@@ -125,7 +125,8 @@ def scu(port: int, contexts: list[str], ae_title: str = "PYSCU") -> Any:
     ae = AE(ae_title)
     for uid in contexts:
         ae.add_requested_context(uid, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    # generous: CI runs this beside other suites on 2 cores; a lost response still fails
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     return ae.associate("127.0.0.1", port, ae_title="BROKER")
 
 

@@ -12,7 +12,7 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from broker.admin.http import AdminServer
@@ -35,6 +35,7 @@ from broker.storage.sqlite_worklist import (
     apply_worklist_upsert,
 )
 from broker.worklist import WorklistService
+from broker.worklist.status_message import OrderStatusNotifier
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,10 @@ class Broker:
         self.metrics = Metrics()
         self.db = open_database(settings)
         self.journal = make_journal(settings, self.db)
-        self.worklist = SqliteWorklistStore(self.db)
+        # MPPS changes become order-status messages for the RIS (DESIGN §6a), queued in the
+        # MPPS change's own transaction, built with the mappings loaded at that moment.
+        self.order_status = OrderStatusNotifier(self._mappings, settings.destinations.keys())
+        self.worklist = SqliteWorklistStore(self.db, on_procedure_event=self.order_status)
         self.queue = SqliteQueue(self.db)
         self.delivery: DeliveryService | None = None
         self._delivery_seen: dict[str, tuple[int, int, int]] = {}
@@ -158,6 +162,10 @@ class Broker:
             await self._stack.enter_async_context(self.admin)
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="journal-retention"))
         self.started_at = time.time()
+
+    def _mappings(self) -> Mapping[str, Any]:
+        """The mappings now loaded (order-status messages are built with them)."""
+        return self.routes.engine.definitions.mappings if self.routes is not None else {}
 
     def _current_router(self) -> Router:
         assert self.routes is not None

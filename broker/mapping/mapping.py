@@ -151,6 +151,12 @@ class HL7Mapping:
             compiled = _value_op(k, spec, ctx, loc)
             if compiled is not None:
                 self._sets.append((out_path, compiled[0], spec.raw))
+        self.each = model.each
+        self.split = model.split
+        sel = model.select
+        self._select: tuple[Getter, Getter] | None = (
+            None if sel is None else (template_getter(sel.key), template_getter(sel.equals))
+        )
 
     def build(
         self,
@@ -158,19 +164,74 @@ class HL7Mapping:
         variables: dict[str, str] | None = None,
         warnings: list[str] | None = None,
     ) -> str:
-        """The outbound message text (CR-separated); raises MappingFault."""
+        """The outbound message text (CR-separated); raises MappingFault.
+
+        With ``each``, the message is about one step (``select``, else ``$step_index``, else
+        the first): paths read that step's segments and ``copy`` takes, for every segment
+        name, only the occurrence the step's scope resolves to."""
         out = OutMessage(message.separators)
+        if self.each is None:
+            scope = Scope(message, {}, dict(variables or {}))
+            wanted: dict[str, int | None] | None = None
+        else:
+            scope = self._step(message, dict(variables or {}))
+            wanted = {}
+        counts: dict[str, int] = {}
         for seg_text in message.text.split("\r"):
             if not seg_text or seg_text.isspace():
                 continue
             name = seg_text[:3]
-            if name == "MSH" or self._copy_all or name in self._copy:
-                out.add_raw(seg_text)
-        scope = Scope(message, {}, dict(variables or {}))
+            if name != "MSH" and not (self._copy_all or name in self._copy):
+                continue
+            if wanted is not None and name != "MSH":
+                n = counts[name] = counts.get(name, 0) + 1
+                if name not in wanted:
+                    wanted[name] = _occurrence(message, scope, name)
+                if wanted[name] != n:
+                    continue
+            out.add_raw(seg_text)
         w = warnings if warnings is not None else []
         for path, value, raw in self._sets:
             out.set(path, value(scope, w), raw)
         return out.text()
+
+    def _step(self, message: Message, variables: dict[str, str]) -> Scope:
+        assert self.each is not None
+        overrides = step_scopes(message, self.each, self.split)
+        if not overrides:
+            raise MappingFault(101, f"{self.each}^1", f"no {self.each} segment")
+        scopes = []
+        for i, segs in enumerate(overrides, 1):
+            scope = Scope(message, segs, dict(variables))
+            scope.vars["step_index"] = str(i)
+            scopes.append(scope)
+        if self._select is None:
+            try:
+                index = int(variables.get("step_index") or 1)
+            except ValueError:
+                index = 1
+            return scopes[min(max(index, 1), len(scopes)) - 1]
+        key, equals = self._select
+        for scope in scopes:
+            found = key(scope)
+            if found and found == equals(scope):
+                return scope
+        raise MappingFault(
+            204, f"{self.each}^1", f"no {self.each} step matches the mapping's select"
+        )
+
+
+def _occurrence(message: Message, scope: Scope, name: str) -> int | None:
+    """Which occurrence of ``name`` the step ``scope`` resolves to (None: absent there)."""
+    if name not in scope.segs:
+        return 1
+    seg = scope.segs[name]
+    if seg is None:
+        return None
+    for n, other in enumerate(message.segments(name), 1):
+        if other.text == seg.text:
+            return n
+    return None
 
 
 Mapping = DicomMapping | HL7Mapping

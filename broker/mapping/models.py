@@ -251,6 +251,24 @@ class Policies(_Model):
     )
 
 
+class StepSelect(_Model):
+    """hl7 mappings with ``each``: which step (segment group) the outbound message is about."""
+
+    key: str = Field(description="template evaluated in each step, e.g. {OBR-19}^{OBR-20}")
+    equals: str = Field(
+        description=(
+            "template the key must equal, usually of variables the caller provides, e.g. "
+            "{$requested_procedure_id}^{$scheduled_step_id}"
+        )
+    )
+
+    @field_validator("key", "equals")
+    @classmethod
+    def _tpl(cls, v: str) -> str:
+        parse_template(v)
+        return v
+
+
 class MappingFile(_Model):
     """One mapping: HL7 → DICOM worklist item(s) (kind dicom) or HL7 → HL7 (kind hl7)."""
 
@@ -258,7 +276,11 @@ class MappingFile(_Model):
     kind: Literal["dicom", "hl7"] = Field("dicom", description="output: DICOM item or HL7 message")
     description: str | None = None
     each: str | None = Field(
-        None, description="dicom: one item per segment of this name (OBR, IPC)"
+        None,
+        description=(
+            "dicom: one item per segment of this name (OBR, IPC); hl7: the message is built "
+            "for one such step (see select) and copies only that step's group segments"
+        ),
     )
     split: str | None = Field("ORC", description="segment that starts an order group")
     timezone: str | None = Field(
@@ -307,6 +329,20 @@ class MappingFile(_Model):
             "always rebuilt from the input MSH"
         ),
     )
+
+    select: StepSelect | None = Field(
+        None,
+        description=(
+            "hl7 with each: build for the first step whose key equals `equals` (default: the "
+            "step numbered $step_index, else the first); no such step refuses (204)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _select_needs_each(self) -> MappingFile:
+        if self.select is not None and (self.kind != "hl7" or self.each is None):
+            raise ValueError("found select without kind hl7 and each, expected them together")
+        return self
 
     @field_validator("each", "split")
     @classmethod

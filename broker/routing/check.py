@@ -25,6 +25,7 @@ from broker.mapping.vr import UnknownKeyword, resolve_attribute
 from broker.routing.engine import RouteEngine
 from broker.routing.loader import Definitions, load_all
 from broker.routing.yamlsource import line_of, load_model
+from broker.worklist.status_message import check_order_status
 
 
 class Expect(BaseModel):
@@ -100,6 +101,9 @@ def check(
                     )
     # Mapping tests run as the embedded default does (no destinations), so their expected
     # Skipped/Enqueue effects do not depend on the config they are checked against.
+    status_errors, status_warnings = check_order_status(dests, defs.mappings)
+    report.errors.extend(status_errors)
+    report.warnings.extend(status_warnings)
     engine = RouteEngine(defs, ())
     tests_dir = Path(mappings_dir) / "tests"
     if tests_dir.is_dir():

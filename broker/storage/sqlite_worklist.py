@@ -12,6 +12,8 @@ Tables (one SQLite file shared with the journal, see ``storage/sqlite.py``):
 - ``worklist_history``: every status change (item, old, new, reason, journal entry).
 - ``worklist_mpps``: MPPS SOP instances and their state.
 - ``worklist_events``: procedure.in_progress / completed / discontinued for the delivery side.
+- ``worklist_notices``: per event, what became of its order-status message for the RIS
+  (queued with its outbox id, or skipped with the reason); written in the MPPS transaction.
 
 The two ``apply_*`` functions run inside the caller's transaction (the journal's group
 commit): they raise :class:`broker.errors.ConflictError` and the caller rolls back.
@@ -21,18 +23,23 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from broker.effects import WorklistStatusChange, WorklistUpsert
+from broker.effects import Enqueue, Skipped, WorklistStatusChange, WorklistUpsert
 from broker.errors import ConflictError, StoreError
 from broker.storage.sqlite import Schema, SqliteDatabase
+from broker.storage.sqlite_queue import apply_enqueue
 from broker.worklist import item as wi
 from broker.worklist import lifecycle, mpps
 from broker.worklist.encode import Encoded, encode_both, native_charset
 from broker.worklist.item import DicomJson
 from broker.worklist.query import Constraint, IndexPlan
+from broker.worklist.status_message import OriginalMessage, ProcedureEvent, ProcedureEventHook
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "WORKLIST_SCHEMA",
@@ -130,6 +137,16 @@ WORKLIST_SCHEMA = Schema(
             sps_id TEXT NOT NULL DEFAULT '',
             study_uid TEXT NOT NULL DEFAULT '',
             calling_ae TEXT NOT NULL DEFAULT ''
+        )""",
+        # A table of its own rather than a column of worklist_events: CREATE ... IF NOT
+        # EXISTS also upgrades a store written before it existed.
+        """CREATE TABLE IF NOT EXISTS worklist_notices (
+            event_id INTEGER PRIMARY KEY,
+            action TEXT NOT NULL,
+            result TEXT NOT NULL,
+            destination TEXT NOT NULL DEFAULT '',
+            outbox_id INTEGER,
+            detail TEXT NOT NULL DEFAULT ''
         )""",
     ),
 )
@@ -274,7 +291,8 @@ def _replace(
         "UPDATE worklist_items SET patient_key=?, accession=?, patient_id=?, issuer=?, "
         "patient_name=?, rp_id=?, sps_id=?, study_uid=?, status=?, active=?, charset=?, json=?, "
         "enc_i=?, lay_i=?, enc_e=?, lay_e=?, updated_at=?, "
-        "finished_at=CASE WHEN ? THEN NULL ELSE COALESCE(finished_at, ?) END, journal_id=? "
+        "finished_at=CASE WHEN ? THEN NULL ELSE COALESCE(finished_at, ?) END, "
+        "journal_id=COALESCE(?, journal_id) "
         "WHERE id=?",
         (
             patient_key, k.accession, k.patient_id, k.issuer, k.patient_name,
@@ -526,8 +544,14 @@ class SqliteWorklistStore:
     through the writer). Reads use the calling thread's reader connection.
     """
 
-    def __init__(self, db: SqliteDatabase) -> None:
+    def __init__(
+        self, db: SqliteDatabase, *, on_procedure_event: ProcedureEventHook | None = None
+    ) -> None:
+        """``on_procedure_event``: called inside the MPPS transaction for every procedure
+        event of a linked item; the Enqueue it returns is queued in that transaction, a
+        Skipped recorded (``worklist_notices``); None: nothing is sent, nothing recorded."""
         self.db = db
+        self.on_procedure_event = on_procedure_event
         try:
             db.add_schema(WORKLIST_SCHEMA)
         except StoreError:  # already open: create the tables through the writer
@@ -673,7 +697,8 @@ class SqliteWorklistStore:
                 )
             if decision.event is None:
                 return decision
-            _mpps_event(conn, decision, sop_instance_uid, item_ids, study_uid, calling_ae, now)
+            _mpps_event(conn, decision, sop_instance_uid, item_ids, study_uid, calling_ae, now,
+                        self.on_procedure_event)  # fmt: skip
             return decision
 
         result: mpps.Decision = self.db.write_sync(write)
@@ -693,8 +718,11 @@ class SqliteWorklistStore:
     def events(self, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Recorded procedure events with id > ``after_id``, oldest first."""
         cur = self.db.reader().execute(
-            "SELECT id, kind, at, mpps_uid, item_id, order_key, accession, rp_id, sps_id, "
-            "study_uid, calling_ae FROM worklist_events WHERE id > ? ORDER BY id LIMIT ?",
+            "SELECT e.id, e.kind, e.at, e.mpps_uid, e.item_id, e.order_key, e.accession, "
+            "e.rp_id, e.sps_id, e.study_uid, e.calling_ae, n.result AS notified, "
+            "n.destination AS notified_to, n.outbox_id, n.detail AS notified_detail "
+            "FROM worklist_events e LEFT JOIN worklist_notices n ON n.event_id = e.id "
+            "WHERE e.id > ? ORDER BY e.id LIMIT ?",
             (after_id, limit),
         )
         names = [d[0] for d in cur.description]
@@ -807,6 +835,7 @@ def _mpps_event(
     study_uid: str,
     calling_ae: str,
     now: str,
+    hook: ProcedureEventHook | None = None,
 ) -> None:
     assert decision.event is not None
     if not item_ids:  # unscheduled: recorded without an item
@@ -818,21 +847,79 @@ def _mpps_event(
         return
     for item_id in item_ids:
         row = conn.execute(
-            "SELECT status, json, order_key, accession, rp_id, sps_id, study_uid "
+            "SELECT status, json, order_key, accession, rp_id, sps_id, study_uid, journal_id "
             "FROM worklist_items WHERE id=?",
             (item_id,),
         ).fetchone()
         if row is None:
             continue  # purged meanwhile
-        old, text, order_key, accession, rp_id, sps_id, item_study = row
+        old, text, order_key, accession, rp_id, sps_id, item_study, journal_id = row
+        new: str | None = None
         if decision.item_status is not None:
             new = lifecycle.transition(old, decision.item_status)
             if new is not None:
                 _set_status(conn, item_id, text, old, new, f"MPPS {decision.state}", "mpps",
                             None, now)  # fmt: skip
-        conn.execute(
+        cur = conn.execute(
             "INSERT INTO worklist_events (kind, at, mpps_uid, item_id, order_key, accession, "
             "rp_id, sps_id, study_uid, calling_ae) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (decision.event, now, uid, item_id, order_key, accession, rp_id, sps_id,
              study_uid or item_study, calling_ae),
         )  # fmt: skip
+        if hook is not None:
+            event = ProcedureEvent(
+                int(cur.lastrowid or 0), decision.event, now, uid, item_id, order_key,
+                accession, rp_id, sps_id, study_uid or item_study, calling_ae, old, new,
+            )  # fmt: skip
+            _notify(conn, hook, event, json.loads(text), journal_id)
+
+
+def _notify(
+    conn: sqlite3.Connection,
+    hook: ProcedureEventHook,
+    event: ProcedureEvent,
+    item: DicomJson,
+    journal_id: int | None,
+) -> None:
+    """Run the hook for one event and apply its answer in the MPPS transaction: queue the
+    Enqueue (the outbox entry points at the order message it was built from) or record the
+    Skipped. A hook that raises is recorded as failed: the MPPS change still commits."""
+    original = None
+    if journal_id:
+        try:
+            found = conn.execute(
+                "SELECT raw, charset FROM journal WHERE id=?", (journal_id,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # a store without the journal (tools, tests)
+            found = None
+        if found is not None:
+            original = OriginalMessage(int(journal_id), bytes(found[0]), str(found[1] or ""))
+    try:
+        result = hook(event, item, original)
+    except Exception as exc:
+        log.exception("order status for worklist item %d failed", event.item_id)
+        _notice(conn, event.event_id, "order-status", "failed", "", None, type(exc).__name__)
+        return
+    if isinstance(result, Enqueue):
+        summary = apply_enqueue(conn, result, journal_id or 0)
+        detail = result.headers.get("control_id", "")
+        _notice(conn, event.event_id, "order-status", "queued", result.destination,
+                summary["outbox_id"], detail)  # fmt: skip
+    elif isinstance(result, Skipped):
+        _notice(conn, event.event_id, result.action, "skipped", "", None, result.reason)
+
+
+def _notice(
+    conn: sqlite3.Connection,
+    event_id: int,
+    action: str,
+    result: str,
+    destination: str,
+    outbox_id: int | None,
+    detail: str,
+) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO worklist_notices (event_id, action, result, destination, "
+        "outbox_id, detail) VALUES (?,?,?,?,?,?)",
+        (event_id, action, result, destination, outbox_id, detail),
+    )

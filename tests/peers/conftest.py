@@ -69,7 +69,12 @@ class BrokerProcess:
     """One ``broker serve`` process on its own ports, config and store."""
 
     def __init__(
-        self, workdir: Path, *, mllp: dict[str, Any] | None = None, dicom: bool = False
+        self,
+        workdir: Path,
+        *,
+        mllp: dict[str, Any] | None = None,
+        dicom: bool = False,
+        destinations: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +102,8 @@ class BrokerProcess:
             ),
             "http": {"host": "127.0.0.1", "port": self.http_port},
         }
+        if destinations is not None:
+            config["destinations"] = destinations
         # JSON is YAML: no quoting surprises in paths.
         self.config_path.write_text(json.dumps(config, indent=2))
         self.proc: subprocess.Popen[bytes] | None = None

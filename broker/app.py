@@ -173,7 +173,11 @@ class Broker:
 
     async def _start_dicom(self) -> None:
         conf = self.settings.dicom
-        service = WorklistService(self.worklist, calling_ae_as_station=conf.calling_ae_as_station)
+        service = _WakeDeliveryAfterMpps(
+            WorklistService(self.worklist, calling_ae_as_station=conf.calling_ae_as_station),
+            asyncio.get_running_loop(),
+            self.delivery,
+        )
         # The config's lists apply to every service; the SCP can also take them per service.
         aets: dict[Service | str, list[str]] | None = (
             {s: conf.allowed_calling_aets for s in Service} if conf.allowed_calling_aets else None
@@ -289,6 +293,39 @@ class Broker:
             except Exception:
                 log.exception("retention failed; will try again")
             await asyncio.sleep(conf.purge_interval_s)
+
+
+class _WakeDeliveryAfterMpps:
+    """The worklist service as the SCP sees it, waking the delivery workers after an MPPS
+    change commits (it may have queued an order-status message), instead of at their next
+    poll. MPPS handlers run in a worker thread, hence ``call_soon_threadsafe``."""
+
+    def __init__(
+        self,
+        service: WorklistService,
+        loop: asyncio.AbstractEventLoop,
+        delivery: DeliveryService | None,
+    ) -> None:
+        self.service = service
+        self.loop = loop
+        self.delivery = delivery
+        self.find = service.find
+
+    def mpps_create(self, sop_instance_uid: str, dataset: Any, calling_ae: str) -> Any:
+        try:
+            return self.service.mpps_create(sop_instance_uid, dataset, calling_ae)
+        finally:
+            self._wake()
+
+    def mpps_set(self, sop_instance_uid: str, dataset: Any, calling_ae: str) -> Any:
+        try:
+            return self.service.mpps_set(sop_instance_uid, dataset, calling_ae)
+        finally:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self.delivery is not None:
+            self.loop.call_soon_threadsafe(self.delivery.notify)
 
 
 async def serve(settings: Settings) -> None:

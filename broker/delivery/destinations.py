@@ -20,20 +20,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import aiohttp
+import yarl
 
 from broker.errors import ConfigError, ProtocolError
 from broker.hl7.client import DEFAULT_ACK_TIMEOUT_S, DEFAULT_CONNECT_TIMEOUT_S, MllpClient
 from broker.hl7.header import HeaderError, parse_header
-from broker.hl7.mllp import DEFAULT_MAX_FRAME
+from broker.hl7.mllp import DEFAULT_MAX_FRAME, frame
 from broker.queue.base import Entry
 
 #: How much of a peer's error text is kept in the entry's last error.
 MAX_ERROR_TEXT = 300
 #: HTTP statuses worth retrying besides 5xx: Request Timeout, Too Many Requests (RFC 9110/6585).
 RETRYABLE_HTTP = frozenset({408, 429})
+#: The start of an MSH segment with the usual field separator and encoding characters.
+PLAIN_MSH = "MSH|^~\\&|"
+_PLAIN_MSH_BYTES = PLAIN_MSH.encode()
+#: MSH-10s remembered per MLLP destination for entries not yet delivered (then forgotten).
+MAX_REMEMBERED_IDS = 1024
 
 ErrorAction = Literal["retry", "dead"]
 
@@ -45,11 +51,23 @@ class Delivered:
     detail: str = ""
 
 
+#: Why a ``Retry`` failed on the connection itself rather than on an answer.
+Network = Literal["", "connect", "lost"]
+
+
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """Not delivered; worth trying again later."""
+    """Not delivered; worth trying again later.
+
+    ``network`` tells the worker the failure was the connection, not the peer's answer:
+    ``"connect"`` (refused, connect timeout, unreachable: the peer is down) or ``"lost"``
+    (reset or closed mid-exchange). While such a failure waits for its retry, the worker
+    probes the peer (:meth:`Probing.probe`) and retries at once when it is back. Answers (AE,
+    ACK timeouts, garbage) have ``""`` and wait for the retry policy's backoff.
+    """
 
     error: str
+    network: Network = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +91,15 @@ class Destination(Protocol):
 
     async def aclose(self) -> None:
         """Close every connection."""
+        ...
+
+
+@runtime_checkable
+class Probing(Protocol):
+    """A destination that can tell cheaply whether its peer is reachable (not an attempt)."""
+
+    async def probe(self) -> bool:
+        """True when a connection to the peer can be opened now (TCP connect); never raises."""
         ...
 
 
@@ -262,6 +289,29 @@ def http_options(
 # -- mllp ----------------------------------------------------------------------------------
 
 
+class _Client(MllpClient):
+    """:class:`MllpClient` as delivery drives it: connecting is a step of its own (a refused
+    connect says the peer is down, unlike a connection lost mid-exchange), and the ACK wait
+    is one ``asyncio.timeout`` (``wait_for`` costs a task per message on Python 3.11)."""
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    async def send(self, payload: bytes) -> bytes:
+        if self._writer is None:
+            await self.connect()
+        assert self._writer is not None
+        try:
+            self._writer.write(frame(payload))
+            await self._writer.drain()
+            async with asyncio.timeout(self.ack_timeout_s):
+                return await self._read_frame()
+        except ConnectionError as exc:
+            await self.close()
+            raise ProtocolError(f"{self.host}:{self.port}: connection lost: {exc}") from exc
+
+
 class MllpDestination(_Closing):
     """HL7 v2 over MLLP; ``connections`` persistent connections, each reconnected on demand."""
 
@@ -269,9 +319,9 @@ class MllpDestination(_Closing):
         self.name = name
         self.options = options
         context = options.tls.context(f"destinations.{name}") if options.tls else None
-        self._idle: asyncio.Queue[MllpClient] = asyncio.Queue()
+        self._idle: asyncio.Queue[_Client] = asyncio.Queue()
         self._clients = [
-            MllpClient(
+            _Client(
                 options.host,
                 options.port,
                 connect_timeout_s=options.connect_timeout_s,
@@ -283,6 +333,9 @@ class MllpDestination(_Closing):
         ]
         for client in self._clients:
             self._idle.put_nowait(client)
+        # MSH-10 of the entries being sent (one per connection): parsed once per entry,
+        # not again on each retry.
+        self._sent_ids: dict[int, str | None] = {}
 
     @property
     def peer(self) -> str:
@@ -292,18 +345,26 @@ class MllpDestination(_Closing):
         """Send the entry and judge the ACK (see the module docstring)."""
         client = await self._idle.get()
         try:
+            if not client.connected:
+                try:
+                    await client.connect()
+                except (OSError, TimeoutError) as exc:
+                    await client.close()
+                    return self._not_connected(exc)
             try:
                 answer = await client.send(entry.payload)
             except TimeoutError:
                 # A late ACK would be read as the next message's answer: start afresh.
                 await client.close()
                 return Retry(f"{self.peer}: no answer within {self.options.ack_timeout_s:g} s")
-            except (OSError, ProtocolError) as exc:  # refused, reset, closed, TLS failure
+            except (OSError, ProtocolError) as exc:  # reset, closed, TLS failure
                 await client.close()
-                return Retry(f"{self.peer}: {exc or type(exc).__name__}")
-            outcome = self._judge(entry.payload, answer)
+                return Retry(f"{self.peer}: {exc or type(exc).__name__}", network="lost")
+            outcome = self._judge(self._sent_id(entry), answer)
             if isinstance(outcome, Retry):
                 await client.close()  # the stream may be out of step (foreign ACK, garbage)
+            else:  # delivered or dead: not sent again by us
+                self._sent_ids.pop(entry.id, None)
             return outcome
         except asyncio.CancelledError:
             # Cancelled mid-send: the connection's state is unknown; never reuse it.
@@ -313,25 +374,66 @@ class MllpDestination(_Closing):
         finally:
             self._idle.put_nowait(client)
 
-    def _judge(self, sent: bytes, answer: bytes) -> Outcome:
-        text = answer.decode("latin-1")
+    def _not_connected(self, exc: BaseException) -> Retry:
+        """A failed connect. Only a plain TCP failure (refused, unreachable, timed out
+        without TLS) says the peer is down; a TLS failure reaches a peer that is up."""
+        if isinstance(exc, TimeoutError):
+            error = f"{self.peer}: cannot connect within {self.options.connect_timeout_s:g} s"
+        else:
+            error = f"{self.peer}: {exc or type(exc).__name__}"
+        tls = isinstance(exc, ssl.SSLError) or (
+            isinstance(exc, TimeoutError) and self.options.tls is not None
+        )
+        return Retry(error, network="lost" if tls else "connect")
+
+    def _sent_id(self, entry: Entry) -> str | None:
+        if entry.id not in self._sent_ids:
+            if len(self._sent_ids) >= MAX_REMEMBERED_IDS:
+                self._sent_ids.clear()  # entries that died or went to another owner
+            self._sent_ids[entry.id] = _control_id(entry.payload)
+        return self._sent_ids[entry.id]
+
+    async def probe(self) -> bool:
+        """Open a connection to the peer (kept for the next delivery); True when it works.
+        Uses an idle connection, else a throwaway one (every connection is sending)."""
         try:
-            header = parse_header(text)
-        except HeaderError:
-            return Retry(f"{self.peer}: answered something that is not an HL7 message")
-        msa = _segment(text, "MSA", header.field_separator)
+            client = self._idle.get_nowait()
+        except asyncio.QueueEmpty:
+            return await tcp_reachable(
+                self.options.host, self.options.port, self.options.connect_timeout_s
+            )
+        try:
+            if not client.connected:
+                await client.connect()
+            return True
+        except (OSError, TimeoutError):
+            await client.close()
+            return False
+        finally:
+            self._idle.put_nowait(client)
+
+    def _judge(self, expected_id: str | None, answer: bytes) -> Outcome:
+        text = answer.decode("latin-1")
+        if text.startswith(PLAIN_MSH):  # the usual delimiters: a valid header, sep "|"
+            sep = "|"
+        else:
+            try:
+                sep = parse_header(text).field_separator
+            except HeaderError:
+                return Retry(f"{self.peer}: answered something that is not an HL7 message")
+        msa = _segment(text, "MSA", sep)
         if msa is None:
-            return Retry(f"{self.peer}: answered {header.message_type or '?'} without MSA segment")
+            kind = parse_header(text).message_type or "?"
+            return Retry(f"{self.peer}: answered {kind} without MSA segment")
         code = _at(msa, 1).upper()
         acked_id = _at(msa, 2)
-        expected_id = _control_id(sent)
         if expected_id is not None and acked_id != expected_id:
             return Retry(
                 f"{self.peer}: ACK MSA-2 is {acked_id!r}, expected the sent MSH-10 {expected_id!r}"
             )
         if code in ("AA", "CA"):
             return Delivered(code)
-        detail = _error_text(text, msa, header.field_separator)
+        detail = _error_text(text, msa, sep)
         if code in ("AE", "CE", "AR", "CR"):
             action = self.options.on_error["AE" if code in ("AE", "CE") else "AR"]
             error = f"{self.peer}: answered {code}{': ' + detail if detail else ''}"
@@ -341,6 +443,19 @@ class MllpDestination(_Closing):
     async def aclose(self) -> None:
         for client in self._clients:
             await client.close()
+
+
+async def tcp_reachable(host: str, port: int, timeout_s: float) -> bool:
+    """Whether a TCP connection to host:port opens within ``timeout_s`` (closed at once)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 def _segment(text: str, name: str, sep: str) -> list[str] | None:
@@ -355,9 +470,19 @@ def _at(fields: list[str], n: int) -> str:
 
 
 def _control_id(sent: bytes) -> str | None:
-    """MSH-10 of what we sent; None when it is not an HL7 message (nothing to check)."""
+    """MSH-10 of what we sent; None when it is not an HL7 message (nothing to check).
+    Only the MSH segment (up to 4 KiB) is read; with the usual delimiters it is split
+    directly (such a header is valid: :func:`parse_header` would find the same field)."""
+    end = min(len(sent), 4096)
+    for terminator in (b"\r", b"\n"):
+        pos = sent.find(terminator, 0, end)
+        if pos >= 0:
+            end = pos
+    if sent.startswith(_PLAIN_MSH_BYTES):
+        fields = sent[:end].split(b"|", 10)  # fields[n] is MSH-(n+1)
+        return fields[9].decode("latin-1") if len(fields) > 9 else ""
     try:
-        return parse_header(sent[:4096].decode("latin-1")).control_id
+        return parse_header(sent[:end].decode("latin-1")).control_id
     except HeaderError:
         return None
 
@@ -411,10 +536,15 @@ class HttpDestination(_Closing):
             ) as response:
                 status = response.status
                 body = await response.content.read(MAX_ERROR_TEXT) if status >= 300 else b""
+        except aiohttp.ClientConnectorError as exc:  # refused, unreachable, DNS, TLS
+            tls = isinstance(exc, aiohttp.ClientSSLError)
+            return Retry(f"{where}: {exc or type(exc).__name__}", "lost" if tls else "connect")
+        except aiohttp.ConnectionTimeoutError:  # connecting took too long (no answer yet)
+            return Retry(f"{where}: cannot connect within {opts.connect_timeout_s:g} s", "connect")
         except TimeoutError:
             return Retry(f"{where}: no answer within {opts.timeout_s:g} s")
-        except (aiohttp.ClientError, OSError) as exc:
-            return Retry(f"{where}: {exc or type(exc).__name__}")
+        except (aiohttp.ClientError, OSError) as exc:  # reset, closed mid-request
+            return Retry(f"{where}: {exc or type(exc).__name__}", "lost")
         if 200 <= status < 300:
             return Delivered(str(status))
         text = body.decode("utf-8", "replace").strip()
@@ -422,6 +552,14 @@ class HttpDestination(_Closing):
         if status >= 500 or status in RETRYABLE_HTTP:
             return Retry(error)
         return Dead(f"{error} (expected 2xx)")
+
+    async def probe(self) -> bool:
+        """Whether a TCP connection to the URL's host and port opens (closed at once)."""
+        url = yarl.URL(self.options.url)
+        host, port = url.host, url.port
+        if host is None or port is None:
+            return False
+        return await tcp_reachable(host, port, self.options.connect_timeout_s)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -463,10 +601,13 @@ __all__ = [
     "HttpOptions",
     "MllpDestination",
     "MllpOptions",
+    "Network",
     "Outcome",
+    "Probing",
     "Retry",
     "TlsOptions",
     "build_destination",
     "http_options",
     "mllp_options",
+    "tcp_reachable",
 ]

@@ -7,9 +7,15 @@ per lane: the lane's entries go out one at a time, in order. Several lanes run c
 failed attempt asks the retry policy (pure) when to try again or whether to give up; the
 lane then stops until the retry is due and the rest of its run is given back.
 
-Acknowledgements are written without waiting for their commit before the next send (the
-writer's group commit batches them; a crash before the commit only means a resend, which
-at-least-once allows), and every lane waits for its writes before it ends.
+Acknowledgements of a run are written together, when the run ends or before a failure is
+recorded (one group commit; the delivered entries stay leased meanwhile, so nothing else of
+the lane is claimed; a crash before the commit only means a resend, which at-least-once
+allows), and every lane waits for its writes before it ends.
+
+Reconnect probe: when an attempt fails on the connection (``Retry.network``), the lane is held
+back in the worker (a gate) instead of in the store, whose retry time is set at most
+``probe_interval_s`` ahead; the gate opens at the policy's time, or as soon as a probe (a TCP
+connect, not an attempt) finds the peer reachable after it was seen down.
 
 Shutdown: stop claiming, let in-flight deliveries finish within ``shutdown_s``, then cancel
 them; the entries not settled are released (or their lease simply expires), so they are sent
@@ -39,6 +45,7 @@ from broker.delivery.destinations import (
     Delivered,
     Destination,
     Outcome,
+    Probing,
     Retry,
     build_destination,
 )
@@ -66,6 +73,8 @@ DEFAULT_ATTEMPT_TIMEOUT_S = 120.0
 DEFAULT_SHUTDOWN_S = 5.0
 #: How often delivered entries older than the retention are purged.
 DEFAULT_PURGE_INTERVAL_S = 3600.0
+#: How often an unreachable destination is probed (TCP connect) while its retry waits.
+DEFAULT_PROBE_INTERVAL_S = 1.0
 
 
 def new_owner() -> str:
@@ -84,6 +93,9 @@ class WorkerOptions:
     lease_s: float = DEFAULT_LEASE_S
     poll_s: float = DEFAULT_POLL_S
     attempt_timeout_s: float = DEFAULT_ATTEMPT_TIMEOUT_S
+    #: While a lane waits after a connection failure, probe the peer this often and retry
+    #: as soon as it is back (0: only the retry policy's backoff).
+    probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S
 
     @property
     def lanes(self) -> int:
@@ -92,7 +104,8 @@ class WorkerOptions:
 
     @classmethod
     def from_mapping(cls, where: str, data: Mapping[str, Any]) -> WorkerOptions:
-        """Read ``ordering``, ``retry`` and ``concurrency``; other keys belong to the type."""
+        """Read ``ordering``, ``retry``, ``concurrency`` and ``probe_interval_s``; other keys
+        belong to the type."""
         raw = data.get("ordering", Ordering.DESTINATION.value)
         try:
             ordering = Ordering(raw)
@@ -104,7 +117,17 @@ class WorkerOptions:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"{where}.concurrency: found {concurrency!r}; expected 1 or more")
         retry = RetryPolicy.from_mapping(data.get("retry"), f"{where}.retry")
-        return cls(ordering=ordering, retry=retry, concurrency=concurrency)
+        probe = data.get("probe_interval_s", DEFAULT_PROBE_INTERVAL_S)
+        if isinstance(probe, bool) or not isinstance(probe, (int, float)) or not probe >= 0:
+            raise ConfigError(
+                f"{where}.probe_interval_s: found {probe!r}; expected a number >= 0 (0: off)"
+            )
+        return cls(
+            ordering=ordering,
+            retry=retry,
+            concurrency=concurrency,
+            probe_interval_s=float(probe),
+        )
 
 
 @dataclass(slots=True)
@@ -134,6 +157,15 @@ class DestinationStats:
     in_flight: int = 0
     dead: int = 0  # dead letters waiting in the store
     oldest_age_s: float = 0.0
+
+
+@dataclass(slots=True)
+class _Gate:
+    """A lane held back after its head failed on the connection: until the retry policy's
+    time (``until``), or until a probe finds the peer reachable after it was seen down."""
+
+    until: float
+    down: bool  # a connect failed (the attempt's or a probe's) since the failure
 
 
 def describe(queue: QueueStats, counters: Counters | None, now: float) -> tuple[str, float, int]:
@@ -174,6 +206,8 @@ class DestinationWorker:
         self._held: set[int] = set()
         self._task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._gates: dict[str, _Gate] = {}
+        self._prober: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -201,7 +235,9 @@ class DestinationWorker:
                 await _cancel(task)
         if self._heartbeat is not None:
             await _cancel(self._heartbeat)
-        self._task = self._heartbeat = None
+        if self._prober is not None:
+            await _cancel(self._prober)
+        self._task = self._heartbeat = self._prober = None
 
     @property
     def busy_lanes(self) -> int:
@@ -214,6 +250,9 @@ class DestinationWorker:
         while not self._stopping:
             self._wake.clear()
             free = opts.lanes - len(self._lanes)
+            gated = self._gated(self.clock())
+            if opts.ordering is Ordering.DESTINATION and gated:
+                free = 0  # the one lane waits for its retry or a successful probe
             if free > 0:
                 try:
                     entries = await self.queue.claim(
@@ -223,7 +262,7 @@ class DestinationWorker:
                         lanes=free,
                         run=opts.run,
                         lease_s=opts.lease_s,
-                        exclude_lanes=list(self._lanes),
+                        exclude_lanes=[*self._lanes, *gated],
                     )
                 except Exception:
                     log.exception("destination %s: cannot claim entries; will try again", self.name)
@@ -236,7 +275,8 @@ class DestinationWorker:
                 if entries and len(self._lanes) < opts.lanes:
                     continue  # there may be more claimable lanes right now
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), opts.poll_s)
+                async with asyncio.timeout(opts.poll_s):
+                    await self._wake.wait()
 
     def _lane_done(self, lane: str, _task: asyncio.Task[None]) -> None:
         self._lanes.pop(lane, None)
@@ -262,8 +302,13 @@ class DestinationWorker:
                     self._held.difference_update(lost)
 
     async def _drain(self, run: Sequence[Entry]) -> None:
-        """Deliver one lane's run in order; stop the lane at the first retry."""
-        pending_writes: list[asyncio.Future[Any]] = []
+        """Deliver one lane's run in order; stop the lane at the first retry.
+
+        The run's acknowledgements are written together, when the run ends or before a
+        failure is recorded (one group commit instead of one per message). Until then the
+        delivered entries stay leased to us, so nothing else of the lane is claimed; a
+        crash before the commit means they are sent again (at least once)."""
+        delivered: list[int] = []
         left = [e.id for e in run]
         try:
             for entry in run:
@@ -273,22 +318,21 @@ class DestinationWorker:
                 left.remove(entry.id)
                 if isinstance(outcome, Delivered):
                     self._delivered()
-                    pending_writes.append(self._write(self.queue.ack(self.owner, entry.id)))
+                    delivered.append(entry.id)
                     continue
-                # A failure is recorded before anything after it in the lane is touched.
-                await asyncio.gather(*pending_writes, return_exceptions=True)
-                pending_writes.clear()
+                # A failure is recorded after the acks before it, before anything after it.
+                await self._ack(delivered)
+                delivered.clear()
                 if not await self._failed(entry, outcome):
                     break
         finally:
             # Bookkeeping runs to its end even when the lane is cancelled (arq's finish_job).
-            await asyncio.shield(self._settle(pending_writes, left, [e.id for e in run]))
+            await asyncio.shield(self._settle(delivered, left, [e.id for e in run]))
 
     async def _attempt(self, entry: Entry) -> Outcome:
         try:
-            return await asyncio.wait_for(
-                self.destination.deliver(entry), self.options.attempt_timeout_s
-            )
+            async with asyncio.timeout(self.options.attempt_timeout_s):
+                return await self.destination.deliver(entry)
         except TimeoutError:
             return Retry(f"delivery took longer than {self.options.attempt_timeout_s:g} s")
         except Exception as exc:  # a bug in a destination must not stop the worker
@@ -310,8 +354,16 @@ class DestinationWorker:
         decision = self.options.retry.decide(attempts, entry.created_at, now, self.rand())
         if isinstance(decision, RetryAt):
             counters.retried += 1
+            not_before = decision.at
+            if outcome.network and self._probes():
+                # Held back here instead of in the store, so that a probe can end the wait:
+                # the store's retry time is only the earliest the lane may be claimed.
+                lane = self.options.ordering.lane(entry.id, entry.ordering_key)
+                self._gates[lane] = _Gate(until=decision.at, down=outcome.network == "connect")
+                not_before = min(decision.at, now + self.options.probe_interval_s)
+                self._start_prober()
             await self._record(
-                self.queue.retry_later(self.owner, entry.id, outcome.error, decision.at)
+                self.queue.retry_later(self.owner, entry.id, outcome.error, not_before)
             )
             log.info(
                 "destination %s: entry %d attempt %d failed (%s); next in %.1f s",
@@ -328,13 +380,66 @@ class DestinationWorker:
         log.warning("destination %s: entry %d is dead: %s", self.name, entry.id, error)
         return True
 
+    # -- probing an unreachable destination ---------------------------------------------
+
+    def _probes(self) -> bool:
+        """Whether connection failures wait in a gate that probes may open. Not with
+        ordering ``none``: a claim there takes any due entry, so it cannot hold one back."""
+        return (
+            self.options.probe_interval_s > 0
+            and self.options.ordering is not Ordering.NONE
+            and isinstance(self.destination, Probing)
+        )
+
+    def _gated(self, now: float) -> list[str]:
+        """Lanes held back now (gates whose retry time has come are dropped)."""
+        for lane in [lane for lane, gate in self._gates.items() if gate.until <= now]:
+            del self._gates[lane]
+        return list(self._gates)
+
+    def _start_prober(self) -> None:
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.create_task(self._probe(), name=f"probe-{self.name}")
+
+    async def _probe(self) -> None:
+        """While lanes wait after connection failures: probe the peer every interval; when
+        it answers after having been seen down, open those lanes' gates (retry now). A probe
+        is not an attempt: nothing is sent and nothing is recorded."""
+        assert isinstance(self.destination, Probing)
+        while not self._stopping:
+            await asyncio.sleep(self.options.probe_interval_s)
+            if not self._gated(self.clock()):
+                return
+            try:
+                reachable = await self.destination.probe()
+            except Exception:
+                log.exception("destination %s: probe failed", self.name)
+                continue
+            if not reachable:
+                for gate in self._gates.values():
+                    gate.down = True
+                continue
+            opened = [lane for lane, gate in self._gates.items() if gate.down]
+            for lane in opened:
+                del self._gates[lane]
+            if opened:
+                log.info("destination %s: reachable again; retrying now", self.name)
+                self._wake.set()
+
     def _delivered(self) -> None:
         self.counters.delivered += 1
         self.counters.failures = 0
         self.counters.failing_since = 0.0
 
-    def _write(self, write: Awaitable[Any]) -> asyncio.Future[Any]:
-        return asyncio.ensure_future(write)
+    async def _ack(self, ids: Sequence[int]) -> None:
+        """Record deliveries (in one group commit: the writes are queued together)."""
+        results = await asyncio.gather(
+            *(self.queue.ack(self.owner, i) for i in ids), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                # The lease then expires and the entry is sent again: at least once.
+                log.error("destination %s: cannot record a delivery: %s", self.name, result)
 
     async def _record(self, write: Awaitable[Any]) -> None:
         try:
@@ -343,13 +448,8 @@ class DestinationWorker:
             # The lease then expires and the entry is tried again: at least once.
             log.exception("destination %s: cannot record a delivery outcome", self.name)
 
-    async def _settle(
-        self, writes: list[asyncio.Future[Any]], left: list[int], run: list[int]
-    ) -> None:
-        results = await asyncio.gather(*writes, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                log.error("destination %s: cannot record a delivery: %s", self.name, result)
+    async def _settle(self, delivered: list[int], left: list[int], run: list[int]) -> None:
+        await self._ack(delivered)
         if left:
             await self._record(self.queue.release(self.owner, left))
         self._held.difference_update(run)
@@ -509,6 +609,7 @@ def _resolver(settings: Settings) -> Callable[[Path], Path]:
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_POLL_S",
+    "DEFAULT_PROBE_INTERVAL_S",
     "DEFAULT_SHUTDOWN_S",
     "Counters",
     "DeliveryService",

@@ -5,19 +5,20 @@ the next ``}``), and a Lua script or MULTI/EXEC may only touch keys of one slot.
 
 * each destination's queue keys share the tag ``{q:<destination>}``: every change to one
   destination's queue is one script on one slot;
-* the few keys shared by every destination (the entry id counter, the id → destination
-  index, the set of known destinations) share the tag ``{q}``.
+* the few keys shared by every destination (the entry id counter, the set of known
+  destinations) share the tag ``{q}``.
 
 Keys, with the default prefix ``broker`` and destination ``pacs``::
 
     broker:{q}:ids            string   last entry id handed out (INCR)
-    broker:{q}:where          hash     entry id -> destination (get/ack by id alone)
     broker:{q}:dests          set      destinations that ever had entries or a pause record
-    broker:{q:pacs}:stream    stream   pending and delivered entries (body), consumer group
-                                       DELIVERY_GROUP: its pending list names each lease owner
+    broker:{q:pacs}:stream    stream   pending and delivered entries (body), stream id
+                                       <entry id>-0; consumer group DELIVERY_GROUP: its
+                                       pending list names each lease owner
     broker:{q:pacs}:dead      stream   dead letters: body plus the last error
     broker:{q:pacs}:meta      hash     entry id -> JSON of the mutable state (state, attempts,
-                                       lease owner and expiry, last error, stream entry id)
+                                       lease owner and expiry, last error, stream entry id),
+                                       from the first claim on (none: ready, never claimed)
     broker:{q:pacs}:pending   zset     pending ids (ready, retry, in_flight), score = id
     broker:{q:pacs}:leases    zset     in_flight ids, score = lease expiry
     broker:{q:pacs}:delayed   zset     retry ids, score = not_before (the delayed retries)
@@ -52,11 +53,6 @@ def _tag(destination: str) -> str:
 def entry_ids(prefix: str = DEFAULT_PREFIX) -> str:
     """The counter handing out entry ids (increasing in enqueue order, never reused)."""
     return f"{prefix}:{{q}}:ids"
-
-
-def entry_where(prefix: str = DEFAULT_PREFIX) -> str:
-    """Hash entry id -> destination, for the calls that name an entry by id alone."""
-    return f"{prefix}:{{q}}:where"
 
 
 def destinations(prefix: str = DEFAULT_PREFIX) -> str:
@@ -113,6 +109,5 @@ __all__ = [
     "QueueKeys",
     "destinations",
     "entry_ids",
-    "entry_where",
     "queue_keys",
 ]

@@ -6,12 +6,16 @@ sharing one Redis (docs/DELIVERY.md, "Redis backend"). Keys are built in
 to a queue is one Lua script on one Cluster slot, atomic against every other node.
 
 Layout. An entry's body (payload, ordering key, headers, …) is a Redis Stream entry on the
-destination's stream; its mutable state (state, attempts, lease owner and expiry, last
-error) is a JSON value in the destination's ``meta`` hash; sorted sets index it: pending
+destination's stream, under stream id ``<entry id>-0``, so the id alone finds it; its mutable
+state (state, attempts, lease owner and expiry, last error) is a JSON value in the
+destination's ``meta`` hash, written at its first claim: an entry with no such record is
+ready, never claimed (the state is derived from the body). Sorted sets index it: pending
 (score id), leases (score: lease expiry), delayed retries (score: not_before), lanes and lane
 heads (per ordering key), dead letters, delivered. A claimed entry is also in the consumer
 group's pending list under its owner (``XCLAIM … FORCE``), and leaves it on ack, retry,
 burial or release (``XACK``): ``XPENDING`` shows which node holds what, and for how long.
+Redis keeps no id -> destination index (it cost memory for every queued entry): an instance
+knows the ids it handed out or claimed, and looks others up on each known destination.
 
 Claims follow :mod:`broker.queue.ordering` exactly (the contract suite checks it against the
 SQLite reference): a lane's head only, never while the lane has a live lease; a run of due
@@ -57,7 +61,6 @@ from broker.storage.redis_keys import (
     QueueKeys,
     destinations,
     entry_ids,
-    entry_where,
     queue_keys,
 )
 
@@ -70,22 +73,19 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_RETRIES = 2
 #: Entries a purge script removes per call, so one call never blocks Redis for long.
 PURGE_BATCH = 500
-#: id -> destination pairs kept in memory (ids are never reused, so they never go stale).
+#: id -> destination pairs kept in memory (ids are never reused, so they never go stale); an
+#: id not here is looked for on each known destination (Redis keeps no id -> destination index).
 _WHERE_CACHE_MAX = 100_000
 
 # -- Lua ------------------------------------------------------------------------------------
 
 ALLOCATE = """
--- Hand out entry ids and record their destination.
--- KEYS[1] entry_ids counter, KEYS[2] entry_where hash, KEYS[3] destinations set
+-- Hand out entry ids for a destination (and record the destination as known).
+-- KEYS[1] entry_ids counter, KEYS[2] destinations set
 -- ARGV[1] destination, ARGV[2] how many ids
 -- return: the last id of the block (the block is last - count + 1 .. last)
-local n = tonumber(ARGV[2])
-local last = redis.call('INCRBY', KEYS[1], n)
-for id = last - n + 1, last do
-  redis.call('HSET', KEYS[2], string.format('%d', id), ARGV[1])
-end
-redis.call('SADD', KEYS[3], ARGV[1])
+local last = redis.call('INCRBY', KEYS[1], tonumber(ARGV[2]))
+redis.call('SADD', KEYS[2], ARGV[1])
 return last
 """
 
@@ -94,13 +94,45 @@ _PRELUDE = """
 local STREAM, DEAD, META, PENDING, LEASES, DELAYED, LANES, HEADS, FAILING, ATTEMPTS,
       DEADIDX, DONE, CONTROL = unpack(KEYS)
 
+-- The state of a never claimed entry: ready, body at stream id <id>-0 (see append).
+local function fresh(k, c, sid)
+  return {st = 'ready', n = 0, due = '0', own = '', err = '', la = '0', fs = '0', fin = '0',
+          k = k, c = c, sid = sid}
+end
+
+-- An entry's state: its meta record, or, when it has none (ready, never claimed), derived
+-- from its stream entry <id>-0 (ordering key and created_at read from the body).
 local function load(id)
   local raw = redis.call('HGET', META, id)
   if raw then return cjson.decode(raw) end
-  return nil
+  local sid = id .. '-0'
+  local found = redis.call('XRANGE', STREAM, sid, sid)[1]
+  if not found then return nil end
+  local f, k, c = found[2], '', '0'
+  for j = 1, #f, 2 do
+    if f[j] == 'k' then k = f[j + 1] elseif f[j] == 'c' then c = f[j + 1] end
+  end
+  return fresh(k, c, sid)
 end
 
 local function save(id, m) redis.call('HSET', META, id, cjson.encode(m)) end
+
+-- Append a new entry's body (fields: a flat list holding 'k' and 'c') under stream id
+-- <id>-0, so the id alone finds it and a ready entry needs no meta record. An id lower than
+-- the stream's last (two nodes enqueueing at once, ids handed out in one order and appended
+-- in the other) goes right after the last instead, with a meta record naming its stream id.
+local function append(id, k, c, fields)
+  local added = redis.pcall('XADD', STREAM, id .. '-0', unpack(fields))
+  if type(added) ~= 'table' or not added.err then return end
+  local info, last = redis.call('XINFO', 'STREAM', STREAM), nil
+  for j = 1, #info, 2 do
+    if info[j] == 'last-generated-id' then last = info[j + 1] end
+  end
+  local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+  local sid = redis.call('XADD', STREAM, ms .. '-' .. string.format('%d', tonumber(seq) + 1),
+                         unpack(fields))
+  save(id, fresh(k, c, sid))
+end
 
 -- Lane members sort by key, then id; the key's length in front keeps keys that are
 -- prefixes of others apart. Ids are 17 digits, zero-padded (ids < 2^53).
@@ -190,12 +222,10 @@ ENQUEUE = (
 -- ARGV[5] headers (JSON), ARGV[6] payload, ARGV[7] journal id, ARGV[8] created_at
 -- return: 1 written, 0 already there (a retried call: enqueue is idempotent by id)
 local id = ARGV[2]
-if redis.call('HEXISTS', META, id) == 1 then return 0 end
+if load(id) then return 0 end
 ensure_group(ARGV[1])
-local sid = redis.call('XADD', STREAM, '*', 'id', id, 'k', ARGV[3], 'ct', ARGV[4],
-                       'h', ARGV[5], 'p', ARGV[6], 'j', ARGV[7], 'c', ARGV[8])
-save(id, {st = 'ready', n = 0, due = '0', own = '', err = '', la = '0', fs = '0',
-          fin = '0', k = ARGV[3], c = ARGV[8], sid = sid})
+append(id, ARGV[3], ARGV[8], {'id', id, 'k', ARGV[3], 'ct', ARGV[4], 'h', ARGV[5],
+                              'p', ARGV[6], 'j', ARGV[7], 'c', ARGV[8]})
 add_pending(id, ARGV[3])
 return 1
 """
@@ -421,6 +451,20 @@ return count
 """
 )
 
+LOCATE = (
+    _PRELUDE
+    + """
+-- Which of some ids are this destination's entries (in whatever state).
+-- ARGV[1..] ids
+-- return: the ids found here
+local found = {}
+for _, id in ipairs(ARGV) do
+  if load(id) then found[#found + 1] = id end
+end
+return found
+"""
+)
+
 READ = (
     _PRELUDE
     + """
@@ -429,12 +473,11 @@ READ = (
 -- return: {{id, meta JSON, body fields}, ...} for the ids that exist
 local out = {}
 for _, id in ipairs(ARGV) do
-  local raw = redis.call('HGET', META, id)
-  if raw then
-    local m = cjson.decode(raw)
+  local m = load(id)
+  if m then
     local stream = STREAM
     if m.st == 'dead' then stream = DEAD end
-    out[#out + 1] = {id, raw, fields_of(stream, m.sid)}
+    out[#out + 1] = {id, cjson.encode(m), fields_of(stream, m.sid)}
   end
 end
 return out
@@ -478,15 +521,14 @@ end
 table.sort(ids, function(a, b) return tonumber(a) < tonumber(b) end)
 local out = {}
 for i = 1, math.min(#ids, limit) do
-  local raw = redis.call('HGET', META, ids[i])
+  local m = load(ids[i])
   local body = {}
   if ARGV[3] == '1' then
-    local m = cjson.decode(raw)
     local stream = STREAM
     if m.st == 'dead' then stream = DEAD end
     body = fields_of(stream, m.sid)
   end
-  out[i] = {ids[i], raw, body}
+  out[i] = {ids[i], cjson.encode(m), body}
 end
 return out
 """
@@ -507,11 +549,9 @@ for i = 3, #ARGV, 2 do
     local body = {}
     local f = fields_of(DEAD, m.sid)
     for j = 1, #f, 2 do body[f[j]] = f[j + 1] end
-    local sid = redis.call('XADD', STREAM, '*', 'id', new, 'k', m.k, 'ct', body['ct'] or '',
-                           'h', body['h'] or '{}', 'p', body['p'] or '', 'j', body['j'] or '0',
-                           'c', ARGV[2])
-    save(new, {st = 'ready', n = 0, due = '0', own = '', err = '', la = '0', fs = '0',
-               fin = '0', k = m.k, c = ARGV[2], sid = sid})
+    append(new, m.k, ARGV[2], {'id', new, 'k', m.k, 'ct', body['ct'] or '',
+                               'h', body['h'] or '{}', 'p', body['p'] or '',
+                               'j', body['j'] or '0', 'c', ARGV[2]})
     add_pending(new, m.k)
     redis.call('XDEL', DEAD, m.sid)
     redis.call('HDEL', META, old)
@@ -629,6 +669,7 @@ class RedisQueue:
         self._retry_later = client.register_script(RETRY_LATER)
         self._bury = client.register_script(BURY)
         self._release = client.register_script(RELEASE)
+        self._locate = client.register_script(LOCATE)
         self._read = client.register_script(READ)
         self._list_entries = client.register_script(LIST)
         self._replay = client.register_script(REPLAY)
@@ -687,7 +728,7 @@ class RedisQueue:
     async def _allocate_ids(self, destination: str, count: int) -> list[int]:
         """``count`` new ids (increasing), recorded as the destination's. A step of its own:
         these keys are in another Cluster slot than the destination's."""
-        keys = (entry_ids(self.prefix), entry_where(self.prefix), destinations(self.prefix))
+        keys = (entry_ids(self.prefix), destinations(self.prefix))
         with _translated(f"allocate ids for {destination!r}"):
             last = int(await self._allocate(keys=keys, args=[destination, count]))
         new = list(range(last - count + 1, last + 1))
@@ -702,24 +743,30 @@ class RedisQueue:
     async def _destinations_of(self, ids: Iterable[int]) -> dict[str, list[int]]:
         """The given ids grouped by destination (unknown ids left out)."""
         ids = list(dict.fromkeys(ids))
-        missing = [i for i in ids if i not in self._where]
+        where = {i: self._where[i] for i in ids if i in self._where}
+        missing = [i for i in ids if i not in where]
         if missing:
-            with _translated("look up entry ids"):
-                found = await self.client.hmget(entry_where(self.prefix), missing)
-            self._remember({i: _text(d) for i, d in zip(missing, found, strict=True) if d})
+            # Not claimed or enqueued by this instance: ask each destination (there are few;
+            # an index in Redis would cost memory for every queued entry).
+            found: dict[int, str] = {}
+            for destination in await self._known_destinations():
+                here = await self._run("look up entry ids", self._locate, destination, missing)
+                found.update(dict.fromkeys((int(i) for i in here), destination))
+                missing = [i for i in missing if i not in found]
+                if not missing:
+                    break
+            self._remember(found)
+            where.update(found)
         grouped: dict[str, list[int]] = {}
         for i in ids:
-            if i in self._where:
-                grouped.setdefault(self._where[i], []).append(i)
+            if i in where:
+                grouped.setdefault(where[i], []).append(i)
         return grouped
 
-    async def _forget(self, ids: Sequence[int]) -> None:
-        """Drop deleted entries from the id -> destination index."""
-        if ids:
-            with _translated("drop entry ids"):
-                await self.client.hdel(entry_where(self.prefix), *[str(i) for i in ids])
-            for i in ids:
-                self._where.pop(i, None)
+    def _forget(self, ids: Sequence[int]) -> None:
+        """Drop deleted entries from the id -> destination cache."""
+        for i in ids:
+            self._where.pop(i, None)
 
     async def _known_destinations(self) -> list[str]:
         with _translated("list destinations"):
@@ -814,7 +861,7 @@ class RedisQueue:
         done = [int(x) for x in await self._run("replay", self._replay, destination, args)]
         replayed = dict(zip(done[::2], done[1::2], strict=True))
         used = set(replayed.values())
-        await self._forget([*replayed, *(i for i in new_ids if i not in used)])
+        self._forget([*replayed, *(i for i in new_ids if i not in used)])
         return [replayed[old] for old in chosen if old in replayed]
 
     async def purge_dead(self, destination: str, selection: Selection | None = None) -> int:
@@ -822,7 +869,7 @@ class RedisQueue:
         if not chosen:
             return 0
         gone = await self._run("purge dead", self._purge_dead, destination, chosen)
-        await self._forget([int(i) for i in gone])
+        self._forget([int(i) for i in gone])
         return len(gone)
 
     async def purge_delivered(self, older_than_s: float) -> int:
@@ -832,7 +879,7 @@ class RedisQueue:
             while True:
                 args = [cutoff, PURGE_BATCH]
                 gone = await self._run("purge delivered", self._purge_delivered, destination, args)
-                await self._forget([int(i) for i in gone])
+                self._forget([int(i) for i in gone])
                 total += len(gone)
                 if len(gone) < PURGE_BATCH:
                     break

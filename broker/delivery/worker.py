@@ -50,6 +50,7 @@ from broker.delivery.destinations import (
     build_destination,
 )
 from broker.errors import ConfigError
+from broker.logs import phi
 from broker.queue.base import (
     DEFAULT_KEEP_DELIVERED_S,
     DEFAULT_LEASE_S,
@@ -345,7 +346,14 @@ class DestinationWorker:
         if isinstance(outcome, Dead):
             self.counters.dead += 1
             await self._record(self.queue.bury(self.owner, entry.id, outcome.error))
-            log.warning("destination %s: entry %d is dead: %s", self.name, entry.id, outcome.error)
+            log.warning(
+                # the peer's own error text may quote patient data: shown by
+                # `broker queue dead`, in the log only with show_phi
+                "destination %s: entry %d is dead (see `broker queue dead`): %s",
+                self.name,
+                entry.id,
+                phi(outcome.error),
+            )
             return True
         counters = self.counters
         counters.failures += 1
@@ -377,7 +385,12 @@ class DestinationWorker:
         counters.dead += 1
         error = f"{outcome.error} ({decision.reason})"
         await self._record(self.queue.bury(self.owner, entry.id, error))
-        log.warning("destination %s: entry %d is dead: %s", self.name, entry.id, error)
+        log.warning(
+            "destination %s: entry %d is dead (see `broker queue dead`): %s",
+            self.name,
+            entry.id,
+            phi(error),
+        )
         return True
 
     # -- probing an unreachable destination ---------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import pytest
 
 from tests.delivery.receiver import Receiver
 from tests.peers.conftest import BrokerProcess
-from tests.peers.test_order_to_worklist import MLLP_SEND
-from tests.samples_index import SAMPLES_DIR
+from tests.peers.test_order_to_worklist import mllp_send as _send
 
 pytestmark = pytest.mark.peer
 
@@ -27,24 +25,6 @@ def _broker_with(tmp_path: Path, destinations: dict[str, dict[str, object]]) -> 
     config["destinations"] = destinations
     broker.config_path.write_text(json.dumps(config))
     return broker
-
-
-def _send(broker: BrokerProcess, sample: str) -> str:
-    done = subprocess.run(
-        [
-            str(MLLP_SEND),
-            "--loose",
-            "-p",
-            str(broker.mllp_port),
-            "-f",
-            str(SAMPLES_DIR / sample),
-            "127.0.0.1",
-        ],
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
-    return done.stdout.decode("latin-1")
 
 
 async def _until(condition: object, timeout: float = 15.0) -> None:

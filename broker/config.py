@@ -23,6 +23,9 @@ from broker.errors import ConfigError
 
 ENV_PREFIX = "BROKER__"
 
+#: Keys whose values an error message never repeats (they reach consoles and CI logs).
+_SECRET_KEYS = frozenset({"password", "passwd", "secret", "token", "key_password", "api_key"})
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -322,6 +325,8 @@ def _format_errors(
         key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
         found = error.get("input")
         found_text = "nothing" if error["type"] == "missing" else repr(found)
+        if any(str(p).lower() in _SECRET_KEYS for p in loc):
+            found_text = "a value (not shown: it is a secret)"
         if isinstance(found, (dict, list)):
             found_text = type(found).__name__
         expected = error["msg"].removeprefix("Value error, ")

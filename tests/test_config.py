@@ -74,3 +74,12 @@ def test_configuration_reference_is_current() -> None:
 
     committed = (Path(__file__).parent.parent / "docs" / "CONFIGURATION.md").read_text()
     assert committed == settings_reference(), "run: python -m broker.config > docs/CONFIGURATION.md"
+
+
+def test_errors_never_repeat_a_secret(tmp_path: Path) -> None:
+    path = tmp_path / "broker.yaml"
+    path.write_text("mllp: [{name: ris, tls: {cert: c.pem, key: k.pem, password: hunter2}}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert f"{path}:1: mllp[0].tls.password: found a value (not shown" in str(info.value)
+    assert "hunter2" not in str(info.value)

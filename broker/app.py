@@ -110,6 +110,7 @@ class Broker:
         self.delivery = DeliveryService.from_settings(
             settings,
             self.queue,
+            lease_s=settings.delivery.lease_s,
             keep_delivered_s=settings.delivery.keep_delivered_hours * 3600,
             shutdown_s=settings.delivery.shutdown_s,
         )

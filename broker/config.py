@@ -171,6 +171,11 @@ class DeliverySettings(_Model):
     shutdown_s: float = Field(
         5, ge=0, description="On shutdown, wait this long for in-flight deliveries."
     )
+    lease_s: float = Field(
+        30,
+        ge=1,
+        description="A claimed entry's lease; a process that dies holding it frees it after this.",
+    )
 
 
 class Settings(_Model):

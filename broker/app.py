@@ -20,7 +20,7 @@ from broker.admin.metrics import Metrics
 from broker.config import MllpListenerSettings, Settings
 from broker.delivery import DeliveryService
 from broker.dicom import DicomSCP, Service
-from broker.effects import WorklistStatusChange, WorklistUpsert
+from broker.effects import OrderChange, PatientChange, WorklistStatusChange, WorklistUpsert
 from broker.errors import ConfigError
 from broker.hl7.listener import ListenerSettings, MllpListener
 from broker.ingest.decision import Router
@@ -29,6 +29,11 @@ from broker.routing import RouterHolder
 from broker.storage.sqlite import SqliteDatabase
 from broker.storage.sqlite_journal import JOURNAL_SCHEMA, Applier, SqliteJournal
 from broker.storage.sqlite_queue import QUEUE_SCHEMA, SqliteQueue
+from broker.storage.sqlite_reconcile import (
+    RECONCILE_SCHEMA,
+    apply_order_change,
+    apply_patient_change,
+)
 from broker.storage.sqlite_worklist import (
     SqliteWorklistStore,
     apply_worklist_status,
@@ -47,7 +52,9 @@ def open_database(settings: Settings) -> SqliteDatabase:
             f"store: {settings.store!r}: the Redis backend is not available in this version; "
             "use sqlite:///PATH"
         )
-    return SqliteDatabase(settings.sqlite_path, schemas=[JOURNAL_SCHEMA, QUEUE_SCHEMA])
+    return SqliteDatabase(
+        settings.sqlite_path, schemas=[JOURNAL_SCHEMA, QUEUE_SCHEMA, RECONCILE_SCHEMA]
+    )
 
 
 def make_journal(settings: Settings, db: SqliteDatabase) -> SqliteJournal:
@@ -55,6 +62,8 @@ def make_journal(settings: Settings, db: SqliteDatabase) -> SqliteJournal:
     appliers: dict[type, Applier] = {
         WorklistUpsert: apply_worklist_upsert,
         WorklistStatusChange: apply_worklist_status,
+        PatientChange: apply_patient_change,
+        OrderChange: apply_order_change,
     }
     return SqliteJournal(db, appliers, dedupe_window_s=settings.journal.dedupe_window_hours * 3600)
 
@@ -123,7 +132,7 @@ class Broker:
             # Routes and mappings load once here (an invalid set stops the start with every
             # error listed); later changes are validated and swapped atomically.
             self.routes = RouterHolder(
-                settings.routes_dir, settings.mappings_dir, settings.destinations.keys()
+                settings.routes_dir, settings.mappings_dir, settings.destination_types()
             )
             router = self._current_router
             self._tasks.append(asyncio.create_task(self.routes.watch(), name="routes-watch"))

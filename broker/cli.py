@@ -120,7 +120,7 @@ def route(config: Path | None, message: Path) -> None:
         parsed = read_message(message)
     except (CharsetError, HL7ParseError) as exc:
         raise click.ClickException(f"{message}: {exc}") from None
-    engine = RouteEngine(definitions, settings.destinations.keys())
+    engine = RouteEngine(definitions, settings.destination_types())
     result = dry_run(engine, parsed)
     from broker.hl7.structure import check_structure
 
@@ -284,10 +284,11 @@ def journal_show(config: Path | None, journal_id: int, show_phi: bool) -> None:
 
 
 def _register_groups() -> None:
-    from broker import cli_queue, cli_worklist
+    from broker import cli_events, cli_queue, cli_worklist
 
     cli_worklist.register(main, _load, config_option)
     cli_queue.register(main, _load, config_option)
+    cli_events.register(main, _load, config_option)
 
 
 _register_groups()

@@ -93,6 +93,29 @@ class DicomSettings(_Model):
         return value
 
 
+class PacsQuerySettings(_Model):
+    """The PACS's DICOM query service (C-FIND, Study Root), for the reconciliation sweep."""
+
+    host: str = Field("127.0.0.1", description="PACS address.")
+    port: int = Field(4242, ge=1, le=65535, description="PACS DICOM port.")
+    ae_title: str = Field("ORTHANC", min_length=1, max_length=16, description="PACS AE title.")
+    calling_ae_title: str | None = Field(
+        None, max_length=16, description="Our AE title towards the PACS (default dicom.ae_title)."
+    )
+    timeout_s: float = Field(30, gt=0, description="Give up on an unanswering PACS after this.")
+
+
+class ReconcileSettings(_Model):
+    """Reconciliation sweep: compare the PACS's recent studies with their orders."""
+
+    pacs: PacsQuerySettings | None = Field(
+        None, description="Where to query studies (none: the sweep is not available)."
+    )
+    destination: str = Field(
+        "pacs", description="Destination the sweep's --apply corrections are queued for."
+    )
+
+
 class HttpSettings(_Model):
     """The admin HTTP listener (/health, /metrics)."""
 
@@ -196,6 +219,9 @@ class Settings(_Model):
     journal: JournalSettings = Field(default_factory=JournalSettings)  # type: ignore[arg-type]
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)  # type: ignore[arg-type]
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)  # type: ignore[arg-type]
+    reconcile: ReconcileSettings = Field(
+        default_factory=ReconcileSettings  # type: ignore[arg-type]
+    )
     logging: LoggingSettings = Field(default_factory=LoggingSettings)  # type: ignore[arg-type]
     destinations: dict[str, Destination] = Field(
         default_factory=dict,
@@ -204,6 +230,10 @@ class Settings(_Model):
     default_charset: str = Field("ASCII", description="Character set when MSH-18 is empty.")
     #: Where the file was read from (relative paths resolve against its folder).
     base_dir: Path = Field(Path("."), exclude=True)
+
+    def destination_types(self) -> dict[str, str]:
+        """Destination name → type, as routing needs it."""
+        return {name: d.type for name, d in self.destinations.items()}
 
     @field_validator("store")
     @classmethod

@@ -54,6 +54,68 @@ class Enqueue:
 
 
 @dataclass(frozen=True, slots=True)
+class PatientRef:
+    """A patient as HL7 names it: PID-3.1 / MRG-1.1 and the assigning authority (.4.1)."""
+
+    patient_id: str
+    issuer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A reconciliation message prepared by routing; the store queues it only when the
+    change turns out to concern the destination (e.g. the order's study exists)."""
+
+    destination: str
+    payload: bytes
+    ordering_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PatientChange:
+    """A patient update (ADT^A08/A31), merge (A40) or identifier change (A47).
+
+    ``kind``: ``update`` sets ``demographics`` on the patient's active items; ``merge`` and
+    ``rename`` move every item (and its history) of ``patient`` to ``target`` and set the
+    demographics on the active ones. ``outbound``: HL7 messages for HL7 destinations;
+    ``jobs_to``: REST destinations (Orthanc) whose job the store builds, as only it knows the
+    linked studies. ``unknown``: what a patient without any worklist item means: ``AE``
+    (ConflictError) or ``warn`` (recorded, the PACS still updated).
+    """
+
+    kind: str
+    patient: PatientRef
+    demographics: DicomJson
+    target: PatientRef | None = None
+    outbound: tuple[Outbound, ...] = ()
+    jobs_to: tuple[str, ...] = ()
+    unknown: str = "AE"
+    hl7_location: str = "PID^1^3"
+    ordering_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderChange:
+    """An order changed (ORC-1 XO, SC) or ended (CA, DC, OC) — the PACS side of it.
+
+    Applied *before* the message's own worklist effects, so the store compares ``items`` (the
+    order as the message now describes it) with the order as stored. The PACS hears of it
+    only when something it keeps changed, and (``studies: linked``) only when the order's study
+    exists (a step was performed).
+    """
+
+    control: str
+    #: (order_key, the order's items as the message now describes them), per order
+    orders: tuple[tuple[str, tuple[DicomJson, ...]], ...]
+    outbound: tuple[Outbound, ...] = ()
+    jobs_to: tuple[str, ...] = ()
+    unknown: str = "AE"
+    studies: str = "linked"
+    cancel: bool = False
+    ordering_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Skipped:
     """An action that was decided not to run (e.g. its destination is not configured)."""
 
@@ -61,4 +123,4 @@ class Skipped:
     reason: str
 
 
-Effect = WorklistUpsert | WorklistStatusChange | Enqueue | Skipped
+Effect = WorklistUpsert | WorklistStatusChange | Enqueue | Skipped | PatientChange | OrderChange

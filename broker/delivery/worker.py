@@ -2,7 +2,8 @@
 
 Per destination, one :class:`DestinationWorker` claims lanes from the queue (a lease, so
 another broker process on the same store never sends the same entry at once) and runs one task
-per lane: the lane's entries go out one at a time, in order. Several lanes run concurrently
+per lane: the lane's entries go out one at a time, in order (a :class:`Batching` destination
+gets the lane's whole run at once and answers for each entry). Several lanes run concurrently
 (``concurrency``), so a patient whose message keeps failing holds up only that patient. A
 failed attempt asks the retry policy (pure) when to try again or whether to give up; the
 lane then stops until the retry is due and the rest of its run is given back.
@@ -36,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from broker.config import Settings
 from broker.delivery.destinations import (
@@ -76,6 +77,18 @@ DEFAULT_SHUTDOWN_S = 5.0
 DEFAULT_PURGE_INTERVAL_S = 3600.0
 #: How often an unreachable destination is probed (TCP connect) while its retry waits.
 DEFAULT_PROBE_INTERVAL_S = 1.0
+
+
+@runtime_checkable
+class Batching(Protocol):
+    """A destination that sends a lane's whole run at once (the bus publishes it and awaits
+    the broker's confirms together: one round trip per run instead of one per entry)."""
+
+    async def deliver_many(self, entries: Sequence[Entry]) -> Sequence[Outcome]:
+        """Outcomes, in order, for a prefix of ``entries`` (the lane's run): at most one
+        ``Retry``, and then last; the entries after the prefix are not settled (they are
+        released and sent again after it). Never raises for a failed delivery."""
+        ...
 
 
 def new_owner() -> str:
@@ -312,10 +325,16 @@ class DestinationWorker:
         delivered: list[int] = []
         left = [e.id for e in run]
         try:
-            for entry in run:
-                if self._stopping or entry.id not in self._held:
+            batch = await self._attempt_run(run)  # None: the destination sends one at a time
+            for index, entry in enumerate(run):
+                if batch is not None:
+                    if index >= len(batch):
+                        break  # not settled by the destination: released, sent again later
+                    outcome = batch[index]
+                elif self._stopping or entry.id not in self._held:
                     break  # stopping, or the lease was lost (the lane has a new owner)
-                outcome = await self._attempt(entry)
+                else:
+                    outcome = await self._attempt(entry)
                 left.remove(entry.id)
                 if isinstance(outcome, Delivered):
                     self._delivered()
@@ -329,6 +348,26 @@ class DestinationWorker:
         finally:
             # Bookkeeping runs to its end even when the lane is cancelled (arq's finish_job).
             await asyncio.shield(self._settle(delivered, left, [e.id for e in run]))
+
+    async def _attempt_run(self, run: Sequence[Entry]) -> list[Outcome] | None:
+        """The run's outcomes from a :class:`Batching` destination, cut after the first
+        retry (None: not a batching destination, deliver one entry at a time)."""
+        if not isinstance(self.destination, Batching):
+            return None
+        if self._stopping:
+            return []
+        try:
+            async with asyncio.timeout(self.options.attempt_timeout_s):
+                outcomes = list(await self.destination.deliver_many(run))
+        except TimeoutError:
+            return [Retry(f"delivery took longer than {self.options.attempt_timeout_s:g} s")]
+        except Exception as exc:  # a bug in a destination must not stop the worker
+            log.exception("destination %s: delivery of a run failed", self.name)
+            return [Retry(f"internal error: {type(exc).__name__}: {exc}")]
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, Retry):
+                return outcomes[: index + 1]
+        return outcomes[: len(run)]
 
     async def _attempt(self, entry: Entry) -> Outcome:
         try:
@@ -566,10 +605,12 @@ class DeliveryService:
 
     def notify_applied(self, applied: Sequence[Mapping[str, Any]]) -> None:
         """Wake the workers of the destinations named in a journal commit's ``applied``
-        summaries (``{"queued": name, ...}``)."""
+        summaries (``{"queued": name, ...}`` or ``{"queued_to": [names], ...}``)."""
         for summary in applied:
             name = summary.get("queued")
             if isinstance(name, str):
+                self.notify(name)
+            for name in summary.get("queued_to") or ():
                 self.notify(name)
 
     async def stats(self) -> dict[str, DestinationStats]:
@@ -624,6 +665,7 @@ __all__ = [
     "DEFAULT_POLL_S",
     "DEFAULT_PROBE_INTERVAL_S",
     "DEFAULT_SHUTDOWN_S",
+    "Batching",
     "Counters",
     "DeliveryService",
     "DestinationStats",

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker.effects import Enqueue, Skipped, WorklistStatusChange, WorklistUpsert
+from broker.effects import (
+    Enqueue,
+    OrderChange,
+    Outbound,
+    PatientChange,
+    Skipped,
+    WorklistStatusChange,
+    WorklistUpsert,
+)
 from broker.hl7.charset import decode_frame
 from broker.hl7.message import Message
 from broker.ingest.decision import Router
@@ -36,6 +44,11 @@ class Expect(BaseModel):
     status: str | None = Field(None, description="expected WorklistStatusChange status")
     hl7: dict[str, str] | None = Field(None, description="expected fields of the first outbound")
     errors: list[dict[str, Any]] | None = Field(None, description="[{code, location}]")
+    reconcile: list[str] | None = Field(
+        None,
+        description="expected reconciliation effects: patient.update, patient.merge, "
+        "patient.rename, order.update, order.cancel",
+    )
     skipped: list[str] | None = Field(None, description="expected Skipped actions")
 
 
@@ -141,6 +154,7 @@ def run_case(base: Path, case: Case, defs: Definitions, engine: RouteEngine) -> 
     route: str | None = None
     statuses: list[str] = []
     skipped: list[str] = []
+    reconciles: list[str] = []
     if case.mapping is not None:
         m = defs.mappings.get(case.mapping)
         if m is None:
@@ -166,6 +180,10 @@ def run_case(base: Path, case: Case, defs: Definitions, engine: RouteEngine) -> 
                 outbound.append(eff.payload.decode("utf-8", "replace"))
             elif isinstance(eff, Skipped):
                 skipped.append(eff.action)
+            elif isinstance(eff, PatientChange):
+                reconciles.append(f"patient.{eff.kind}")
+            elif isinstance(eff, OrderChange):
+                reconciles.append("order.cancel" if eff.cancel else "order.update")
     if exp.ack is not None and exp.ack != ack:
         problems.append(f"ack: expected {exp.ack}, got {ack} {errors}")
     if exp.route is not None and exp.route != route:
@@ -174,6 +192,8 @@ def run_case(base: Path, case: Case, defs: Definitions, engine: RouteEngine) -> 
         problems.append(f"status: expected {exp.status}, got {statuses or 'no status change'}")
     if exp.skipped is not None and sorted(exp.skipped) != sorted(skipped):
         problems.append(f"skipped: expected {exp.skipped}, got {skipped}")
+    if exp.reconcile is not None and sorted(exp.reconcile) != sorted(reconciles):
+        problems.append(f"reconcile: expected {exp.reconcile}, got {reconciles}")
     if exp.errors is not None:
         for want in exp.errors:
             if not any(all(str(e.get(k)) == str(v) for k, v in want.items()) for e in errors):
@@ -235,6 +255,22 @@ def compare_attributes(want: dict[str, Any], got: dict[str, Any], where: str) ->
     return out
 
 
+def _reconcile_out(outbound: tuple[Outbound, ...], jobs_to: tuple[str, ...]) -> dict[str, Any]:
+    """The PACS side of a reconciliation effect: prepared HL7 messages (queued if the store
+    finds the change concerns the PACS) and REST destinations (job built by the store)."""
+    return {
+        "messages": [
+            {
+                "destination": o.destination,
+                "ordering_key": o.ordering_key,
+                "message": o.payload.decode("utf-8", "replace").replace("\r", "\n"),
+            }
+            for o in outbound
+        ],
+        "jobs_to": list(jobs_to),
+    }
+
+
 def dry_run(router: Router, message: Message) -> dict[str, Any]:
     """What ``broker route`` prints: JSON-able, changes nothing."""
     d = router.route(message)
@@ -265,6 +301,28 @@ def dry_run(router: Router, message: Message) -> dict[str, Any]:
                     "destination": eff.destination,
                     "ordering_key": eff.ordering_key,
                     "message": eff.payload.decode("utf-8", "replace").replace("\r", "\n"),
+                }
+            )
+        elif isinstance(eff, PatientChange):
+            effects.append(
+                {
+                    "effect": f"patient_{eff.kind}",
+                    "patient": asdict(eff.patient),
+                    "target": asdict(eff.target) if eff.target else None,
+                    "demographics": eff.demographics,
+                    "unknown": eff.unknown,
+                    **_reconcile_out(eff.outbound, eff.jobs_to),
+                }
+            )
+        elif isinstance(eff, OrderChange):
+            effects.append(
+                {
+                    "effect": "order_cancel" if eff.cancel else "order_change",
+                    "control": eff.control,
+                    "orders": [{"order_key": k, "items": list(v)} for k, v in eff.orders],
+                    "studies": eff.studies,
+                    "unknown": eff.unknown,
+                    **_reconcile_out(eff.outbound, eff.jobs_to),
                 }
             )
         else:

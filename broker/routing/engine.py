@@ -8,16 +8,27 @@ an ERR naming the HL7 location, and no effect at all is returned (never a half-w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-from broker.effects import Effect, Enqueue, Skipped, WorklistStatusChange, WorklistUpsert
+from broker.effects import (
+    Effect,
+    Enqueue,
+    OrderChange,
+    Outbound,
+    PatientChange,
+    PatientRef,
+    Skipped,
+    WorklistStatusChange,
+    WorklistUpsert,
+)
 from broker.hl7.charset import encode_text
 from broker.ingest.decision import HL7Error, RouteDecision
 from broker.mapping import DicomMapping, HL7Mapping, MappingFault, Scope, predicate
 from broker.mapping.compiler import expr_getter, template_getter
+from broker.reconcile import changes as rc
 from broker.routing.loader import Definitions
-from broker.routing.models import Action, Route
+from broker.routing.models import Action, ReconcileAction, Route
 
 if TYPE_CHECKING:
     from broker.hl7.message import Message
@@ -26,6 +37,17 @@ log = logging.getLogger(__name__)
 
 _ORC_1 = expr_getter("ORC-1")
 _ORC_5 = expr_getter("ORC-5")
+_MRG_1 = expr_getter("MRG-1.1")
+_MRG_1_ISSUER = expr_getter("MRG-1.4.1")
+#: Destination types that take HL7 v2 messages; ``orthanc`` takes reconciliation jobs,
+#: ``bus`` takes events.
+HL7_TYPES = frozenset({"mllp", "http"})
+JOB_TYPES = frozenset({"orthanc"})
+#: ADT triggers a reconcile action understands (IHE PIR): update, merge, identifier change.
+_PATIENT_KINDS = {"A08": "update", "A31": "update", "A40": "merge", "A47": "rename"}
+#: ORC-1 order controls (HL7 table 0119) that change or end an order already scheduled.
+_ORDER_CHANGE = frozenset({"XO", "SC"})
+_ORDER_END = frozenset({"CA", "DC", "OC", "OD", "CR"})
 _ACTIVE = frozenset({"SCHEDULED", "ARRIVED", "READY"})
 _OP_STATUS = {
     "upsert": "SCHEDULED",
@@ -75,13 +97,23 @@ class _CompiledRoute:
 class RouteEngine:
     """Implements :class:`broker.ingest.decision.Router` over a loaded :class:`Definitions`.
 
-    ``destinations``: the destination names the config defines; a forward to any other name
-    is recorded as Skipped (DESIGN §6a).
+    ``destinations``: the destinations the config defines, name → type (a bare collection
+    of names means HL7 destinations); a forward to any other name is recorded as Skipped
+    (DESIGN §6a).
     """
 
-    def __init__(self, definitions: Definitions, destinations: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        definitions: Definitions,
+        destinations: Mapping[str, str] | Collection[str] = (),
+    ) -> None:
         self.definitions = definitions
-        self.destinations = frozenset(destinations)
+        self.types: dict[str, str] = (
+            dict(destinations)
+            if isinstance(destinations, Mapping)
+            else dict.fromkeys(destinations, "mllp")
+        )
+        self.destinations = frozenset(self.types)
         self._routes = [_CompiledRoute(r, self) for r in definitions.routes]
         #: which header values any route matches on (the others are never read)
         self._header_used = [
@@ -144,6 +176,9 @@ class RouteEngine:
             )
         if not matched:
             return self._unmatched(message)
+        # An order change is judged against the order as stored: before this message's own
+        # worklist effects replace it (the store applies effects in order, in one transaction).
+        effects.sort(key=lambda e: 0 if isinstance(e, OrderChange) else 1)
         return RouteDecision(
             route=",".join(matched), ack_code="AA", effects=tuple(effects), actions=tuple(actions)
         )
@@ -195,16 +230,7 @@ class RouteEngine:
             assert isinstance(hm, HL7Mapping)
             return self._forward(fw.to, hm, template_getter(fw.ordering_key))
         if action.reconcile is not None:
-            to = action.reconcile.to
-
-            def reconcile(message: Message, scope: Scope) -> ActionResult:
-                reason = "reconciliation not yet available"
-                return (
-                    [Skipped("reconcile", reason)],
-                    {"action": "reconcile", "to": to, "result": "skipped", "reason": reason},
-                )
-
-            return reconcile
+            return self._reconcile(action.reconcile)
         assert action.drop is not None
         reason = action.drop.reason
 
@@ -291,11 +317,11 @@ class RouteEngine:
             effects: list[Effect] = []
             results: list[dict[str, Any]] = []
             for dest in to:
-                if dest in self.destinations:
+                reason = self._not_hl7(dest)
+                if reason is None:
                     effects.append(Enqueue(dest, payload, key))
                     results.append({"destination": dest, "result": "queued"})
                 else:
-                    reason = f"destination {dest!r} is not configured"
                     effects.append(Skipped(f"forward:{dest}", reason))
                     results.append({"destination": dest, "result": "skipped", "reason": reason})
             desc: dict[str, Any] = {
@@ -308,3 +334,162 @@ class RouteEngine:
             return effects, desc
 
         return run
+
+    def _not_hl7(self, dest: str) -> str | None:
+        """Why ``dest`` cannot take an HL7 message, or None when it can."""
+        type_ = self.types.get(dest)
+        if type_ is None:
+            return f"destination {dest!r} is not configured"
+        if type_ not in HL7_TYPES:
+            return f"destination {dest!r} is of type {type_}: it takes no HL7 messages"
+        return None
+
+    def _reconcile(self, action: ReconcileAction) -> ActionFn:
+        """Patient (ADT) and order (ORM/OMI) changes → PatientChange / OrderChange effects;
+        what they do to stored items and which PACS updates follow is the store's call."""
+        mappings = self.definitions.mappings
+        hl7_map = mappings.get(action.mapping or "")
+        demo_map = mappings.get(action.demographics or "")
+        items_map = mappings.get(action.items or "")
+        ordering = template_getter(action.ordering_key)
+
+        def targets(
+            results: list[dict[str, Any]], effects: list[Effect]
+        ) -> tuple[list[str], list[str]]:
+            hl7: list[str] = []
+            jobs: list[str] = []
+            for dest in action.to:
+                type_ = self.types.get(dest)
+                if type_ in HL7_TYPES:
+                    hl7.append(dest)
+                elif type_ in JOB_TYPES:
+                    jobs.append(dest)
+                else:
+                    reason = (
+                        f"destination {dest!r} is not configured"
+                        if type_ is None
+                        else f"destination {dest!r} is of type {type_}: it takes no "
+                        "reconciliation updates"
+                    )
+                    effects.append(Skipped(f"reconcile:{dest}", reason))
+                    results.append({"destination": dest, "result": "skipped", "reason": reason})
+            return hl7, jobs
+
+        def outbound(
+            message: Message, hl7: list[str], key: str, warnings: list[str]
+        ) -> tuple[Outbound, ...]:
+            if not hl7:
+                return ()
+            if not isinstance(hl7_map, HL7Mapping):
+                raise MappingFault(
+                    207, "", "reconcile action names HL7 destinations but no hl7 mapping:"
+                )
+            text = hl7_map.build(message, None, warnings)
+            try:
+                payload = encode_text(text, message.charset)
+            except Exception:
+                payload = text.encode("utf-8")
+            return tuple(Outbound(d, payload, key) for d in hl7)
+
+        def run(message: Message, route_scope: Scope) -> ActionResult:
+            effects: list[Effect] = []
+            results: list[dict[str, Any]] = []
+            warnings: list[str] = []
+            desc: dict[str, Any] = {"action": "reconcile", "to": results}
+            mt, trigger = message.message_type, message.trigger
+            if mt == "ADT" and trigger in _PATIENT_KINDS:
+                kind = _PATIENT_KINDS[trigger]
+                change = self._patient_change(message, kind, demo_map, warnings)
+                hl7, jobs = targets(results, effects)
+                key = ordering(Scope(message))
+                change = PatientChange(
+                    kind,
+                    change.patient,
+                    change.demographics,
+                    change.target,
+                    outbound(message, hl7, key, warnings),
+                    tuple(jobs),
+                    action.unknown,
+                    change.hl7_location,
+                    key,
+                )
+                effects.insert(0, change)
+                desc["patient"] = kind
+            elif mt in ("ORM", "OMI") and _ORC_1(route_scope) in (_ORDER_CHANGE | _ORDER_END):
+                control = _ORC_1(route_scope)
+                if not isinstance(items_map, DicomMapping):
+                    raise MappingFault(
+                        207,
+                        "",
+                        "reconcile action of an order message needs items: (a dicom mapping)",
+                    )
+                orders: dict[str, list[dict[str, Any]]] = {}
+                for s in items_map.scopes(message, None, route_scope):
+                    s.vars["order_status"] = "SCHEDULED"
+                    orders.setdefault(s.vars["order_key"], []).append(items_map.build(s, warnings))
+                hl7, jobs = targets(results, effects)
+                key = ordering(Scope(message))
+                effects.insert(
+                    0,
+                    OrderChange(
+                        control,
+                        tuple((k, tuple(v)) for k, v in orders.items()),
+                        outbound(message, hl7, key, warnings),
+                        tuple(jobs),
+                        action.unknown,
+                        action.studies,
+                        control in _ORDER_END,
+                        key,
+                    ),
+                )
+                desc["order"] = control
+                desc["orders"] = list(orders)
+            else:
+                reason = f"{mt}^{trigger} changes no patient and no scheduled order"
+                if mt in ("ORM", "OMI"):
+                    reason = f"ORC-1 {_ORC_1(route_scope) or '(empty)'} changes no scheduled order"
+                effects.append(Skipped("reconcile", reason))
+                desc["result"] = "skipped"
+                desc["reason"] = reason
+                return effects, desc
+            for dest in action.to:
+                if all(r["destination"] != dest for r in results):
+                    results.append({"destination": dest, "result": "prepared"})
+            if warnings:
+                desc["warnings"] = warnings
+            return effects, desc
+
+        return run
+
+    def _patient_change(
+        self, message: Message, kind: str, mapping: object, warnings: list[str]
+    ) -> PatientChange:
+        """The patient, the target (merge/rename) and the demographics of an ADT message."""
+        if not isinstance(mapping, DicomMapping):
+            raise MappingFault(
+                207, "", "reconcile action of an ADT message needs demographics: (a dicom mapping)"
+            )
+        dataset = rc.patient_attributes(mapping.build(Scope(message), warnings))
+        pid = rc.patient_of(dataset)
+        if not pid.patient_id:
+            raise MappingFault(101, "PID^1^3", "PID-3 patient identifier missing")
+        if kind == "update":
+            return PatientChange(kind, pid, dataset)
+        scope = Scope(message)
+        if not message.segments("MRG"):
+            raise MappingFault(
+                100,
+                "MRG",
+                f"ADT^{message.trigger} without an MRG segment: no prior patient to "
+                f"{'merge' if kind == 'merge' else 'rename'}",
+            )
+        prior = PatientRef(_MRG_1(scope), _MRG_1_ISSUER(scope))
+        if not prior.patient_id:
+            raise MappingFault(101, "MRG^1^1", "MRG-1 prior patient identifier missing")
+        if prior.patient_id == pid.patient_id and (
+            prior.issuer == pid.issuer or not prior.issuer or not pid.issuer
+        ):
+            raise MappingFault(
+                207, "MRG^1^1", "MRG-1 names the patient of PID-3: nothing to merge or rename"
+            )
+        return PatientChange(kind, prior, dataset, pid, hl7_location="MRG^1^1")

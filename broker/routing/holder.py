@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,11 +34,17 @@ class RouterHolder:
     """
 
     def __init__(
-        self, routes_dir: Path | str, mappings_dir: Path | str, destinations: Collection[str] = ()
+        self,
+        routes_dir: Path | str,
+        mappings_dir: Path | str,
+        destinations: Mapping[str, str] | Collection[str] = (),
     ) -> None:
+        """``destinations``: name → type (see :class:`RouteEngine`)."""
         self.routes_dir = Path(routes_dir)
         self.mappings_dir = Path(mappings_dir)
-        self.destinations = frozenset(destinations)
+        self.destinations: Mapping[str, str] | Collection[str] = (
+            dict(destinations) if isinstance(destinations, Mapping) else frozenset(destinations)
+        )
         self.engine = RouteEngine(
             load_definitions(self.routes_dir, self.mappings_dir), self.destinations
         )

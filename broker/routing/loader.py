@@ -135,6 +135,19 @@ def load_all(routes_dir: Path, mappings_dir: Path) -> tuple[Definitions | None, 
                         mappings,
                         errors,
                     )
+                rc = action.reconcile
+                if rc is not None:
+                    for key, kind in (("mapping", "hl7"), ("demographics", "dicom"),
+                                      ("items", "dicom")):  # fmt: skip
+                        _check_mapping(
+                            path,
+                            tree,
+                            [*base, "reconcile", key],
+                            getattr(rc, key),
+                            kind,
+                            mappings,
+                            errors,
+                        )
                 if fw is not None:
                     _check_mapping(
                         path,

@@ -93,9 +93,37 @@ class ForwardAction(_Model):
 
 
 class ReconcileAction(_Model):
-    """Patient/order change reconciliation (IHE PIR, RAD-12/13); not yet available: Skipped."""
+    """Patient/order change reconciliation (IHE PIR, RAD-12/13): update the worklist items
+    the change concerns and tell the PACS destinations, each in its own way.
+
+    ADT^A08/A31 update the patient, A40 merges MRG-1 into PID-3, A47 renames MRG-1 to PID-3;
+    ORM/OMI with ORC-1 XO/SC (changed order) or CA/DC/OC (ended order). HL7 destinations get
+    the message ``mapping`` builds; ``orthanc`` destinations a job applied over REST.
+    """
 
     to: list[str] = Field(default_factory=lambda: ["pacs"], description="destinations to update")
+    mapping: str | None = Field(
+        None, description="an hl7 mapping building the message for HL7 (mllp/http) destinations"
+    )
+    demographics: str | None = Field(
+        None, description="a dicom mapping giving the patient's attributes (ADT messages)"
+    )
+    items: str | None = Field(
+        None, description="a dicom mapping giving the order's items (ORM/OMI messages)"
+    )
+    unknown: Literal["AE", "warn"] = Field(
+        "AE",
+        description="a patient or order the broker holds no item of: AE, or warn (record it, "
+        "update the PACS all the same)",
+    )
+    studies: Literal["linked", "all"] = Field(
+        "linked",
+        description="order changes reach the PACS only when the order's study exists "
+        "(linked: a step was performed) or always (all)",
+    )
+    ordering_key: str = Field(
+        "{PID-3.1}", description="template: updates with the same key are delivered in order"
+    )
 
     _l = field_validator("to", mode="before")(classmethod(lambda cls, v: _listify(v)))
 

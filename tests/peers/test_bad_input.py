@@ -249,7 +249,7 @@ def test_refused_delimiters_are_not_echoed_in_the_ack(
 
 def test_unusual_but_legal_delimiters_are_accepted(shared_broker: BrokerProcess) -> None:
     # HL7 lets MSH-1/MSH-2 choose any delimiters; the ACK must use the sender's own.
-    text = "MSH#$%!@#RIS#HOSP#BROKER#HOSP#20261102083015##ADT$A08#ODD1#P#2.3.1\rEVN#A08\r"
+    text = "MSH#$%!@#RIS#HOSP#BROKER#HOSP#20261102083015##ADT$A01#ODD1#P#2.3.1\rEVN#A01\r"
     answer = roundtrip(shared_broker.mllp_port, text.encode("ascii"))
     assert answer.startswith(b"MSH#$%!@#BROKER#HOSP#RIS#HOSP#")
     assert msa(answer) == ("AA", "ODD1")

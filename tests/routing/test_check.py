@@ -39,8 +39,10 @@ def test_dry_run_is_json() -> None:
     engine = RouteEngine(load_definitions(ROOT / "routes", ROOT / "mappings"), {"pacs"})
     out = dry_run(engine, read_message(ROOT / "samples" / "orm_o01_v231_xo.hl7"))
     json.dumps(out)
-    assert out["route"] == "orm-to-worklist,order-changes-to-pacs"
+    assert out["route"] == "orm-to-worklist,orm-changes-to-pacs"
     kinds = [e["effect"] for e in out["effects"]]
-    assert kinds == ["worklist_upsert", "skipped", "enqueue"]
-    assert out["effects"][0]["items"][0]["00080050"]["Value"] == ["ACC26110001"]
-    assert out["effects"][2]["message"].startswith("MSH|^~\\&|BROKER|")
+    assert kinds == ["order_change", "worklist_upsert"]
+    assert out["effects"][1]["items"][0]["00080050"]["Value"] == ["ACC26110001"]
+    (pacs,) = out["effects"][0]["messages"]
+    assert pacs["destination"] == "pacs"
+    assert pacs["message"].startswith("MSH|^~\\&|BROKER|HOSP|PACS|")

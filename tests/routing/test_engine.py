@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.effects import Enqueue, Skipped, WorklistStatusChange, WorklistUpsert
+from broker.effects import (
+    OrderChange,
+    PatientChange,
+    Skipped,
+    WorklistStatusChange,
+    WorklistUpsert,
+)
 from broker.hl7.message import Message
 from broker.routing import RouteEngine, load_definitions, read_message
 
@@ -41,15 +47,38 @@ def test_two_orders_in_one_message(engine: RouteEngine) -> None:
     assert keys == ["RIS^HOSP^PL20261102011", "RIS^HOSP^PL20261102012"]
 
 
-def test_cancel_and_forward_to_configured_pacs(engine: RouteEngine) -> None:
+def test_cancel_prepares_the_pacs_message_and_runs_before_the_status_change(
+    engine: RouteEngine,
+) -> None:
     d = engine.route(sample("orm_o01_v24_cancel.hl7"))
     kinds = [type(e) for e in d.effects]
-    assert kinds == [WorklistStatusChange, Skipped, Enqueue]
-    assert isinstance(d.effects[0], WorklistStatusChange) and d.effects[0].status == "CANCELED"
-    enq = d.effects[2]
-    assert isinstance(enq, Enqueue) and enq.destination == "pacs"
+    # judged against the order as stored: the reconciliation comes first
+    assert kinds == [OrderChange, WorklistStatusChange]
+    change = d.effects[0]
+    assert isinstance(change, OrderChange) and change.cancel and change.control == "CA"
+    assert isinstance(d.effects[1], WorklistStatusChange) and d.effects[1].status == "CANCELED"
+    (out,) = change.outbound
+    assert out.destination == "pacs"
     # MSH-18 8859/1: the outbound payload is encoded in the message's own character set
-    assert "MÜLLER".encode("latin-1") in enq.payload
+    assert "MÜLLER".encode("latin-1") in out.payload
+
+
+def test_forward_to_a_destination_that_takes_no_hl7_is_skipped() -> None:
+    defs = load_definitions(ROOT / "routes", ROOT / "mappings")
+    d = RouteEngine(defs, {"ehr": "bus"}).route(sample("oru_r01.hl7"))
+    assert d.effects == (
+        Skipped("forward:ehr", "destination 'ehr' is of type bus: it takes no HL7 messages"),
+    )
+
+
+def test_adt_merge_names_the_retired_and_surviving_patients(engine: RouteEngine) -> None:
+    d = engine.route(sample("adt_a40.hl7"))
+    (change,) = d.effects
+    assert isinstance(change, PatientChange) and change.kind == "merge"
+    assert change.patient.patient_id == "MR100234" and change.target is not None
+    assert (change.target.patient_id, change.target.issuer) == ("MR100199", "HOSP")
+    assert change.ordering_key == "MR100234"
+    assert change.unknown == "warn"  # the shipped policy for ADT
 
 
 def test_unconfigured_destination_is_skipped(engine: RouteEngine) -> None:
@@ -70,7 +99,7 @@ def test_order_control_table(engine: RouteEngine, orc: str, status: object) -> N
     msg = Message.parse(t[:start] + "ORC|" + orc + t[end:])
     d = engine.route(msg)
     assert d.ack_code == "AA", d.errors
-    first = d.effects[0]
+    first = next(e for e in d.effects if not isinstance(e, OrderChange))
     if status is WorklistUpsert:
         assert isinstance(first, WorklistUpsert)
     else:
@@ -115,5 +144,5 @@ def test_unmatched(engine: RouteEngine) -> None:
 
 def test_xo_continues_to_pacs_route(engine: RouteEngine) -> None:
     d = engine.route(sample("orm_o01_v231_xo.hl7"))
-    assert d.route == "orm-to-worklist,order-changes-to-pacs"
-    assert [a["action"] for a in d.actions] == ["worklist", "reconcile", "forward"]
+    assert d.route == "orm-to-worklist,orm-changes-to-pacs"
+    assert [a["action"] for a in d.actions] == ["worklist", "reconcile"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +14,8 @@ from broker.net import set_tcp_nodelay
 log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], dict[str, Any]]
+#: (method, path, handler): more endpoints, wired by the app (e.g. /reconcile/sweep)
+Endpoint = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 
 class AdminServer:
@@ -26,12 +28,14 @@ class AdminServer:
         metrics: Metrics,
         health: HealthCheck,
         refresh: Callable[[], None] | None = None,
+        endpoints: Sequence[Endpoint] = (),
     ) -> None:
         self.host = host
         self.port = port
         self.metrics = metrics
         self.health = health
         self.refresh = refresh
+        self.endpoints = list(endpoints)
         self._runner: web.AppRunner | None = None
         self.bound_port = port
 
@@ -39,6 +43,8 @@ class AdminServer:
         app = web.Application(middlewares=[_nodelay])
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        for method, path, handler in self.endpoints:
+            app.router.add_route(method, path, handler)
         return app
 
     async def _health(self, request: web.Request) -> web.Response:

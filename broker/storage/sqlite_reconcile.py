@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from broker.effects import Enqueue, OrderChange, Outbound, PatientChange, PatientRef
 from broker.errors import ConflictError
 from broker.reconcile import changes as rc
+from broker.reconcile.sweep import Mismatch, OrderItem, SweepReport
 from broker.storage.sqlite import Schema
 from broker.storage.sqlite_queue import apply_enqueue
 from broker.storage.sqlite_worklist import _history, _now, _replace, _Row
@@ -285,4 +286,137 @@ def apply_order_change(
     return _summary(kind, merged, changes=records)
 
 
-__all__ = ["RECONCILE_SCHEMA", "apply_order_change", "apply_patient_change"]
+# -- the sweep and the history (broker reconcile …) --------------------------------------------
+
+_CHUNK = 500  # well under SQLite's limit on bound variables
+
+
+def sweep_items(
+    conn: sqlite3.Connection, accessions: Sequence[str], study_uids: Sequence[str]
+) -> list[OrderItem]:
+    """Items holding one of the accessions or Study Instance UIDs (scheduled or performed)."""
+    seen: dict[int, OrderItem] = {}
+    queries = (
+        ("accession", accessions),
+        ("study_uid", study_uids),
+        ("performed_study_uid", study_uids),
+    )
+    for column, values in queries:
+        for i in range(0, len(values), _CHUNK):
+            chunk = list(values[i : i + _CHUNK])
+            rows = conn.execute(
+                "SELECT id, json, study_uid, performed_study_uid FROM worklist_items "
+                f"WHERE {column} IN ({','.join('?' * len(chunk))}) ORDER BY id DESC",
+                chunk,
+            )
+            for item_id, text, study, performed in rows:
+                if item_id not in seen:
+                    uids = tuple(u for u in (study, performed) if u)
+                    seen[item_id] = (item_id, json.loads(text), uids)
+    return sorted(seen.values(), key=lambda it: -it[0])
+
+
+#: Sweep fields an Orthanc study modify can correct → the keywords it sets.
+_SWEEP_SET = {
+    "name": ("PatientName",),
+    "birth_date": ("PatientBirthDate",),
+    "sex": ("PatientSex",),
+    "accession": ("AccessionNumber",),
+    "procedure": ("StudyDescription",),
+}
+
+
+def queue_sweep_corrections(
+    conn: sqlite3.Connection, report: SweepReport, destination: str, dest_type: str | None
+) -> None:
+    """Queue one correction job per mismatching study (``orthanc`` destinations) and record
+    each as a ``sweep`` change; fills ``report.applied`` / ``report.not_applied``."""
+    per_study: dict[str, list[Mismatch]] = {}
+    for m in report.mismatches:
+        per_study.setdefault(m.study_uid, []).append(m)
+    for study_uid, found in per_study.items():
+        accession = found[0].accession
+        base = {"study_uid": study_uid, "accession": accession}
+        if dest_type != "orthanc":
+            why = (
+                f"destination {destination!r} is not configured"
+                if dest_type is None
+                else f"destination {destination!r} is of type {dest_type}: an HL7 PACS is "
+                "corrected by the order system's messages (ORM XO, ADT A08)"
+            )
+            report.not_applied.append({**base, "reason": why})
+            continue
+        identity = [m.field for m in found if m.field in ("patient_id", "issuer")]
+        set_: dict[str, str] = {}
+        for m in found:
+            for keyword in _SWEEP_SET.get(m.field, ()):
+                set_[keyword] = m.order
+        if identity:
+            report.not_applied.append(
+                {**base, "reason": "the study is filed under another patient ID: that takes a "
+                 "merge (ADT^A40) or an identifier change (A47) from the patient system"}
+            )  # fmt: skip
+        if not set_:
+            continue
+        detail: dict[str, Any] = {
+            "study_uid": study_uid,
+            "fields": sorted(m.field for m in found),
+            "set": set_,
+        }
+        change_id = _record(conn, "sweep", None, order_key=accession, items=1, detail=detail)
+        payload = rc.job(
+            "update_order",
+            f"rc-{change_id}",
+            accession=accession,
+            study_uids=[study_uid],
+            set_=set_,
+        )
+        r = apply_enqueue(
+            conn,
+            Enqueue(destination, payload, accession, content_type=rc.JOB_CONTENT_TYPE),
+            0,
+        )
+        detail["queued"] = [{"destination": destination, "outbox_id": r["outbox_id"]}]
+        _set_detail(conn, change_id, detail)
+        report.applied.append({**base, "change": change_id, "outbox_id": r["outbox_id"],
+                               "fields": detail["fields"]})  # fmt: skip
+
+
+def history(
+    conn: sqlite3.Connection, *, patient: str = "", order: str = "", limit: int = 100
+) -> list[dict[str, Any]]:
+    """Recorded changes, newest first; ``patient`` matches the patient or the target."""
+    sql = (
+        "SELECT id, at, journal_id, kind, patient_id, issuer, target_id, target_issuer, "
+        "order_key, items, detail FROM reconcile_changes"
+    )
+    args: list[Any] = []
+    where: list[str] = []
+    if patient:
+        where.append("(patient_id = ? OR target_id = ?)")
+        args += [patient, patient]
+    if order:
+        where.append("order_key = ?")
+        args.append(order)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(limit)
+    keys = ("id", "at", "journal_id", "kind", "patient_id", "issuer", "target_id",
+            "target_issuer", "order_key", "items", "detail")  # fmt: skip
+    out = []
+    for row in conn.execute(sql, args):
+        d = dict(zip(keys, row, strict=True))
+        d["detail"] = json.loads(d["detail"])
+        out.append(d)
+    return out
+
+
+__all__ = [
+    "RECONCILE_SCHEMA",
+    "apply_order_change",
+    "apply_patient_change",
+    "history",
+    "queue_sweep_corrections",
+    "sweep_items",
+]

@@ -37,7 +37,7 @@ def mllp_send(broker: BrokerProcess, sample: str) -> str:
     return result.stdout.decode("latin-1")
 
 
-def mpps(broker: BrokerProcess, final: str) -> None:
+def mpps(broker: BrokerProcess, final: str, accession: str = "ACC26110001") -> None:
     """MPPS N-CREATE (IN PROGRESS) then N-SET ``final`` for the v2.3.1 sample's procedure."""
     ae = AE(ae_title="CT1_AE")
     ae.add_requested_context(ModalityPerformedProcedureStep)
@@ -47,7 +47,7 @@ def mpps(broker: BrokerProcess, final: str) -> None:
         create = Dataset()
         ref = Dataset()
         ref.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.20261102083015.1002341"
-        ref.AccessionNumber = "ACC26110001"
+        ref.AccessionNumber = accession
         ref.ScheduledProcedureStepID = "SPS26110001"
         create.ScheduledStepAttributesSequence = [ref]
         create.PatientID = "MR100234"

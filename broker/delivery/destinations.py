@@ -569,8 +569,8 @@ class HttpDestination(_Closing):
 
 # -- building ------------------------------------------------------------------------------
 
-#: Destination types this module delivers to; others (orthanc, bus) come with later issues.
-SUPPORTED_TYPES = ("mllp", "http")
+#: Destination types delivered to (bus and orthanc: their own modules in broker/delivery/).
+SUPPORTED_TYPES = ("mllp", "http", "bus", "orthanc")
 
 
 def build_destination(
@@ -578,7 +578,7 @@ def build_destination(
     type_: str,
     options: Mapping[str, Any],
     resolve: Callable[[Path], Path] = Path.resolve,
-) -> MllpDestination | HttpDestination:
+) -> Destination:
     """A destination from its config (``type`` and the other keys); ``resolve`` makes TLS
     paths absolute (the config file's folder). Raises :class:`ConfigError`."""
     where = f"destinations.{name}"
@@ -586,6 +586,14 @@ def build_destination(
         return MllpDestination(name, mllp_options(where, options, resolve))
     if type_ == "http":
         return HttpDestination(name, http_options(where, options, resolve))
+    if type_ == "bus":
+        from broker.delivery.bus import build_bus  # here: bus.py imports this module
+
+        return build_bus(name, options, resolve)
+    if type_ == "orthanc":
+        from broker.delivery.orthanc import build_orthanc  # here: orthanc.py imports this module
+
+        return build_orthanc(name, options, resolve)
     raise ConfigError(
         f"{where}.type: {type_!r} cannot be delivered to yet; expected one of "
         f"{', '.join(SUPPORTED_TYPES)}"

@@ -76,7 +76,7 @@ async def test_accepted_messages_are_delivered_across_a_restart(tmp_path: Path) 
         router = ForwardToPacs()
         pipeline = IngestPipeline(journal, lambda: router, Metrics())
         async with DeliveryService.from_settings(conf, queue) as service:
-            assert set(service.workers) == {"pacs"}  # orthanc is not delivered yet
+            assert set(service.workers) == {"pacs", "pacs2"}  # pacs2: orthanc, nothing queued
             for cid, pid in cids[:6]:
                 await send(pipeline, cid, pid)
                 service.notify("pacs")
@@ -84,7 +84,7 @@ async def test_accepted_messages_are_delivered_across_a_restart(tmp_path: Path) 
             stats = await service.stats()
             assert stats["pacs"].state == "retrying" and stats["pacs"].depth == 6
             assert stats["pacs"].since > 0 and stats["pacs"].attempts >= 3
-            assert stats["pacs2"].state == "no worker" and stats["pacs2"].type == "orthanc"
+            assert stats["pacs2"].state == "up" and stats["pacs2"].type == "orthanc"
         # the broker stopped: everything still queued, nothing in flight
         left = await queue.entries("pacs")
         assert len(left) == 6 and all(e.lease_owner == "" for e in left)

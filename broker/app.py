@@ -30,6 +30,11 @@ from broker.ingest.pipeline import IngestPipeline
 from broker.reconcile.service import SweepError, run_sweep
 from broker.routing import RouterHolder
 from broker.storage.sqlite import SqliteDatabase
+from broker.storage.sqlite_events import (
+    DEFAULT_EVENTS_DESTINATION,
+    ProcedurePublisher,
+    apply_publish,
+)
 from broker.storage.sqlite_journal import JOURNAL_SCHEMA, Applier, SqliteJournal
 from broker.storage.sqlite_queue import QUEUE_SCHEMA, SqliteQueue
 from broker.storage.sqlite_reconcile import (
@@ -68,7 +73,12 @@ def make_journal(settings: Settings, db: SqliteDatabase) -> SqliteJournal:
         PatientChange: apply_patient_change,
         OrderChange: apply_order_change,
     }
-    return SqliteJournal(db, appliers, dedupe_window_s=settings.journal.dedupe_window_hours * 3600)
+    return SqliteJournal(
+        db,
+        appliers,
+        dedupe_window_s=settings.journal.dedupe_window_hours * 3600,
+        publisher=apply_publish,
+    )
 
 
 def tls_context(listener: MllpListenerSettings, settings: Settings) -> ssl.SSLContext | None:
@@ -98,7 +108,16 @@ class Broker:
         # MPPS changes become order-status messages for the RIS (DESIGN §6a), queued in the
         # MPPS change's own transaction, built with the mappings loaded at that moment.
         self.order_status = OrderStatusNotifier(self._mappings, settings.destinations.keys())
-        self.worklist = SqliteWorklistStore(self.db, on_procedure_event=self.order_status)
+        events_to = [
+            name
+            for name, d in settings.destinations.items()
+            if name == DEFAULT_EVENTS_DESTINATION and d.type in ("bus", "http")
+        ]
+        self.worklist = SqliteWorklistStore(
+            self.db,
+            on_procedure_event=self.order_status,
+            on_procedure_publish=ProcedurePublisher(events_to),
+        )
         self.queue = SqliteQueue(self.db)
         self.delivery: DeliveryService | None = None
         self._delivery_seen: dict[str, tuple[int, int, int]] = {}

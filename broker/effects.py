@@ -116,6 +116,21 @@ class OrderChange:
 
 
 @dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish JSON events about what this message changed (docs/EVENTS.md).
+
+    Applied after the message's other effects, from what they applied (an order scheduled
+    or updated, cancelled, a patient updated or merged); ``result`` carries a
+    ``result.received`` event's fields when the message is a result. ``source``: the inbound
+    message, included in each event when the route asks for it.
+    """
+
+    to: tuple[str, ...]
+    result: dict[str, str] | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Skipped:
     """An action that was decided not to run (e.g. its destination is not configured)."""
 
@@ -123,4 +138,12 @@ class Skipped:
     reason: str
 
 
-Effect = WorklistUpsert | WorklistStatusChange | Enqueue | Skipped | PatientChange | OrderChange
+Effect = (
+    WorklistUpsert
+    | WorklistStatusChange
+    | Enqueue
+    | Skipped
+    | PatientChange
+    | OrderChange
+    | Publish
+)

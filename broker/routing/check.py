@@ -21,6 +21,7 @@ from broker.effects import (
     OrderChange,
     Outbound,
     PatientChange,
+    Publish,
     Skipped,
     WorklistStatusChange,
     WorklistUpsert,
@@ -103,6 +104,8 @@ def check(
                 if action.forward is not None
                 else action.reconcile.to
                 if action.reconcile is not None
+                else action.publish.to
+                if action.publish is not None
                 else []
             )
             for d in names:
@@ -323,6 +326,15 @@ def dry_run(router: Router, message: Message) -> dict[str, Any]:
                     "studies": eff.studies,
                     "unknown": eff.unknown,
                     **_reconcile_out(eff.outbound, eff.jobs_to),
+                }
+            )
+        elif isinstance(eff, Publish):
+            effects.append(
+                {
+                    "effect": "publish",
+                    "to": list(eff.to),
+                    "result": eff.result,
+                    "include_message": eff.source is not None,
                 }
             )
         else:

@@ -18,6 +18,7 @@ from broker.effects import (
     Outbound,
     PatientChange,
     PatientRef,
+    Publish,
     Skipped,
     WorklistStatusChange,
     WorklistUpsert,
@@ -28,7 +29,7 @@ from broker.mapping import DicomMapping, HL7Mapping, MappingFault, Scope, predic
 from broker.mapping.compiler import expr_getter, template_getter
 from broker.reconcile import changes as rc
 from broker.routing.loader import Definitions
-from broker.routing.models import Action, ReconcileAction, Route
+from broker.routing.models import Action, PublishAction, ReconcileAction, Route
 
 if TYPE_CHECKING:
     from broker.hl7.message import Message
@@ -43,6 +44,17 @@ _MRG_1_ISSUER = expr_getter("MRG-1.4.1")
 #: ``bus`` takes events.
 HL7_TYPES = frozenset({"mllp", "http"})
 JOB_TYPES = frozenset({"orthanc"})
+#: Destination types that take JSON events.
+EVENT_TYPES = frozenset({"bus", "http"})
+#: A result's fields for its result.received event (IHE RAD: OBR-18 accession, ZDS-1 study).
+_RESULT_FIELDS = {
+    "accession": expr_getter("OBR-18 | OBR-3.1"),
+    "patient_id": expr_getter("PID-3.1"),
+    "study_instance_uid": expr_getter("ZDS-1.1"),
+    "procedure": expr_getter("OBR-4.2 | OBR-4.1"),
+    "result_status": expr_getter("OBR-25"),
+    "observation_time": expr_getter("OBR-7"),
+}
 #: ADT triggers a reconcile action understands (IHE PIR): update, merge, identifier change.
 _PATIENT_KINDS = {"A08": "update", "A31": "update", "A40": "merge", "A47": "rename"}
 #: ORC-1 order controls (HL7 table 0119) that change or end an order already scheduled.
@@ -178,7 +190,9 @@ class RouteEngine:
             return self._unmatched(message)
         # An order change is judged against the order as stored: before this message's own
         # worklist effects replace it (the store applies effects in order, in one transaction).
-        effects.sort(key=lambda e: 0 if isinstance(e, OrderChange) else 1)
+        # Events tell what the other effects did: they come last.
+        effects.sort(key=lambda e: 0 if isinstance(e, OrderChange) else 2 if isinstance(
+            e, Publish) else 1)  # fmt: skip
         return RouteDecision(
             route=",".join(matched), ack_code="AA", effects=tuple(effects), actions=tuple(actions)
         )
@@ -231,6 +245,8 @@ class RouteEngine:
             return self._forward(fw.to, hm, template_getter(fw.ordering_key))
         if action.reconcile is not None:
             return self._reconcile(action.reconcile)
+        if action.publish is not None:
+            return self._publish(action.publish)
         assert action.drop is not None
         reason = action.drop.reason
 
@@ -493,3 +509,34 @@ class RouteEngine:
                 207, "MRG^1^1", "MRG-1 names the patient of PID-3: nothing to merge or rename"
             )
         return PatientChange(kind, prior, dataset, pid, hl7_location="MRG^1^1")
+
+    def _publish(self, action: PublishAction) -> ActionFn:
+        """A Publish effect for the event destinations; what events it makes depends on what
+        the message's other effects apply, so the store builds them."""
+
+        def run(message: Message, route_scope: Scope) -> ActionResult:
+            effects: list[Effect] = []
+            results: list[dict[str, Any]] = []
+            to: list[str] = []
+            for dest in action.to:
+                type_ = self.types.get(dest)
+                if type_ in EVENT_TYPES:
+                    to.append(dest)
+                    results.append({"destination": dest, "result": "prepared"})
+                    continue
+                reason = (
+                    f"destination {dest!r} is not configured"
+                    if type_ is None
+                    else f"destination {dest!r} is of type {type_}: it takes no events"
+                )
+                effects.append(Skipped(f"publish:{dest}", reason))
+                results.append({"destination": dest, "result": "skipped", "reason": reason})
+            if to:
+                result = None
+                if message.message_type == "ORU":
+                    result = {k: get(route_scope) for k, get in _RESULT_FIELDS.items()}
+                source = message.text if action.include_message else None
+                effects.append(Publish(tuple(to), result, source))
+            return effects, {"action": "publish", "to": results}
+
+        return run

@@ -128,6 +128,17 @@ class ReconcileAction(_Model):
     _l = field_validator("to", mode="before")(classmethod(lambda cls, v: _listify(v)))
 
 
+class PublishAction(_Model):
+    """Publish JSON events about what the message changed to bus (or http) destinations."""
+
+    to: list[str] = Field(
+        default_factory=lambda: ["events"], description="destinations (type bus or http)"
+    )
+    include_message: bool = Field(False, description="add the source HL7 message to events")
+
+    _l = field_validator("to", mode="before")(classmethod(lambda cls, v: _listify(v)))
+
+
 class DropAction(_Model):
     """Accept the message and do nothing with it, recording why."""
 
@@ -135,26 +146,28 @@ class DropAction(_Model):
 
 
 class Action(_Model):
-    """One action: exactly one of worklist, forward, reconcile, drop."""
+    """One action: exactly one of worklist, forward, reconcile, publish, drop."""
 
     worklist: WorklistAction | None = None
     forward: ForwardAction | None = None
     reconcile: ReconcileAction | None = None
+    publish: PublishAction | None = None
     drop: DropAction | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Action:
-        n = sum(x is not None for x in (self.worklist, self.forward, self.reconcile, self.drop))
+        kinds = (self.worklist, self.forward, self.reconcile, self.publish, self.drop)
+        n = sum(x is not None for x in kinds)
         if n != 1:
             raise ValueError(
                 f"found {n} action kinds, expected exactly one of worklist, forward, "
-                "reconcile, drop"
+                "reconcile, publish, drop"
             )
         return self
 
     @property
     def kind(self) -> str:
-        for k in ("worklist", "forward", "reconcile", "drop"):
+        for k in ("worklist", "forward", "reconcile", "publish", "drop"):
             if getattr(self, k) is not None:
                 return k
         return ""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
-from broker.effects import Effect, Enqueue, Skipped
+from broker.effects import Effect, Enqueue, Publish, Skipped
 from broker.errors import ConflictError
 from broker.hl7.ack import AckCode, AckError
 from broker.ingest.decision import RouteDecision
@@ -25,6 +25,11 @@ from broker.storage.sqlite_queue import QUEUE_SCHEMA, apply_enqueue
 
 #: An applier runs one effect inside the message's transaction and returns a JSON-able summary.
 Applier = Callable[[sqlite3.Connection, Any, int], dict[str, Any]]
+
+#: Builds a Publish effect's events from the effects before it and their (full) summaries.
+PublishApplier = Callable[
+    [sqlite3.Connection, Publish, tuple[Effect, ...], list[dict[str, Any]], int], dict[str, Any]
+]
 
 #: Default window within which the same MSH-10 from the same sender is a duplicate.
 DEFAULT_DEDUPE_WINDOW_S = 7 * 24 * 3600
@@ -82,8 +87,12 @@ class SqliteJournal:
         appliers: Mapping[type, Applier] | None = None,
         *,
         dedupe_window_s: float = DEFAULT_DEDUPE_WINDOW_S,
+        publisher: PublishApplier | None = None,
     ) -> None:
+        """``publisher``: builds and queues the events of a Publish effect from the effects
+        applied before it and their summaries (None: Publish effects are refused)."""
         self.db = db
+        self.publisher = publisher
         self.appliers: dict[type, Applier] = {Enqueue: apply_enqueue, Skipped: _apply_skipped}
         self.appliers.update(appliers or {})
         self.dedupe_window_s = dedupe_window_s
@@ -129,7 +138,13 @@ class SqliteJournal:
             return CommitResult(journal_id, "AA")
         conn.execute("SAVEPOINT effects")
         try:
-            applied = tuple(self._apply(conn, effect, journal_id) for effect in decision.effects)
+            done: list[dict[str, Any]] = []
+            for effect in decision.effects:
+                if isinstance(effect, Publish):  # tells what the effects before it did
+                    done.append(self._publish(conn, effect, decision.effects, done, journal_id))
+                else:
+                    done.append(self._apply(conn, effect, journal_id))
+            applied = tuple({k: v for k, v in d.items() if not k.startswith("_")} for d in done)
         except ConflictError as exc:
             conn.execute("ROLLBACK TO effects")
             conn.execute("RELEASE effects")
@@ -155,6 +170,18 @@ class SqliteJournal:
                 " VALUES (?, ?, ?, ?)",
                 (record.sender, record.control_id, journal_id, record.received_at),
             )
+
+    def _publish(
+        self,
+        conn: sqlite3.Connection,
+        effect: Publish,
+        effects: tuple[Effect, ...],
+        done: list[dict[str, Any]],
+        journal_id: int,
+    ) -> dict[str, Any]:
+        if self.publisher is None:
+            raise ConflictError("this store cannot publish events", hl7_code=207)
+        return self.publisher(conn, effect, effects[: len(done)], done, journal_id)
 
     def _apply(self, conn: sqlite3.Connection, effect: Effect, journal_id: int) -> dict[str, Any]:
         applier = self.appliers.get(type(effect))

@@ -28,6 +28,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from broker import events
 from broker.effects import Enqueue, Skipped, WorklistStatusChange, WorklistUpsert
 from broker.errors import ConflictError, StoreError
 from broker.storage.sqlite import Schema, SqliteDatabase
@@ -40,6 +41,9 @@ from broker.worklist.query import Constraint, IndexPlan
 from broker.worklist.status_message import OriginalMessage, ProcedureEvent, ProcedureEventHook
 
 log = logging.getLogger(__name__)
+
+#: MPPS procedure event + the item → the event entries to queue (bus destinations).
+ProcedurePublishHook = Callable[[ProcedureEvent, DicomJson], Sequence[Enqueue]]
 
 __all__ = [
     "WORKLIST_SCHEMA",
@@ -393,6 +397,7 @@ def apply_worklist_upsert(
     own.sort()
     existing = {(rp, sps): (item_id, status) for rp, sps, item_id, status in own}
     created = updated = removed = 0
+    item_changes: list[dict[str, str] | None] = []
     for row in rows:
         ident = (row.keys.requested_procedure_id, row.keys.step_id)
         asked = lifecycle.normalise_status(row.keys.status)
@@ -406,8 +411,12 @@ def apply_worklist_upsert(
             _history(conn, item_id, "", row.keys.status or lifecycle.SCHEDULED, "created",
                      "hl7", journal_id, now)  # fmt: skip
             created += 1
+            item_changes.append(None)
             continue
         item_id, old = found
+        # what changed, for the order.updated event (in the summary's private "_changes")
+        before = conn.execute("SELECT json FROM worklist_items WHERE id=?", (item_id,))
+        item_changes.append(events.item_changes(json.loads(before.fetchone()[0]), row.item))
         if old == lifecycle.CANCELED:
             new = asked or lifecycle.SCHEDULED
         else:
@@ -425,7 +434,8 @@ def apply_worklist_upsert(
         _set_status(conn, item_id, text, old, lifecycle.CANCELED, "removed from order", "hl7",
                     journal_id, now)  # fmt: skip
         removed += 1
-    return {"created": created, "updated": updated, "removed": removed}
+    # keys starting with "_" are for the events of this commit, not kept in the journal
+    return {"created": created, "updated": updated, "removed": removed, "_changes": item_changes}
 
 
 def apply_worklist_status(
@@ -545,13 +555,19 @@ class SqliteWorklistStore:
     """
 
     def __init__(
-        self, db: SqliteDatabase, *, on_procedure_event: ProcedureEventHook | None = None
+        self,
+        db: SqliteDatabase,
+        *,
+        on_procedure_event: ProcedureEventHook | None = None,
+        on_procedure_publish: ProcedurePublishHook | None = None,
     ) -> None:
         """``on_procedure_event``: called inside the MPPS transaction for every procedure
         event of a linked item; the Enqueue it returns is queued in that transaction, a
         Skipped recorded (``worklist_notices``); None: nothing is sent, nothing recorded."""
         self.db = db
         self.on_procedure_event = on_procedure_event
+        # events for a bus (broker/storage/sqlite_events.py), queued in the MPPS transaction
+        self.on_procedure_publish = on_procedure_publish
         try:
             db.add_schema(WORKLIST_SCHEMA)
         except StoreError:  # already open: create the tables through the writer
@@ -608,7 +624,7 @@ class SqliteWorklistStore:
         """Apply a WorklistUpsert on its own (CLI, tests); see :func:`apply_worklist_upsert`."""
         effect = WorklistUpsert(order_key, tuple(items), patient_key)
         result: dict[str, Any] = self.db.write_sync(lambda c: apply_worklist_upsert(c, effect, 0))
-        return result
+        return {k: v for k, v in result.items() if not k.startswith("_")}
 
     def set_order_status(self, order_key: str, status: str, reason: str = "") -> dict[str, Any]:
         """Apply a WorklistStatusChange on its own; see :func:`apply_worklist_status`."""
@@ -698,7 +714,7 @@ class SqliteWorklistStore:
             if decision.event is None:
                 return decision
             _mpps_event(conn, decision, sop_instance_uid, item_ids, study_uid, calling_ae, now,
-                        self.on_procedure_event)  # fmt: skip
+                        self.on_procedure_event, self.on_procedure_publish)  # fmt: skip
             return decision
 
         result: mpps.Decision = self.db.write_sync(write)
@@ -836,6 +852,7 @@ def _mpps_event(
     calling_ae: str,
     now: str,
     hook: ProcedureEventHook | None = None,
+    publish: ProcedurePublishHook | None = None,
 ) -> None:
     assert decision.event is not None
     if not item_ids:  # unscheduled: recorded without an item
@@ -866,12 +883,16 @@ def _mpps_event(
             (decision.event, now, uid, item_id, order_key, accession, rp_id, sps_id,
              study_uid or item_study, calling_ae),
         )  # fmt: skip
-        if hook is not None:
+        if hook is not None or publish is not None:
             event = ProcedureEvent(
                 int(cur.lastrowid or 0), decision.event, now, uid, item_id, order_key,
                 accession, rp_id, sps_id, study_uid or item_study, calling_ae, old, new,
             )  # fmt: skip
-            _notify(conn, hook, event, json.loads(text), journal_id)
+            if hook is not None:
+                _notify(conn, hook, event, json.loads(text), journal_id)
+            if publish is not None:
+                for enqueue in publish(event, json.loads(text)):
+                    apply_enqueue(conn, enqueue, journal_id or 0)
 
 
 def _notify(

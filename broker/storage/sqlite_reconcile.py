@@ -188,7 +188,7 @@ def apply_patient_change(
         conn, kind, journal_id, patient=p, target=target, items=len(changed_items), detail=detail
     )
     op = _PATIENT_OPS[effect.kind]
-    set_ = rc.patient_set(effect.demographics, target)
+    set_ = rc.patient_set(effect.demographics)  # identity goes in the job's target
     job_key = effect.ordering_key or p.patient_id
     jobs = [
         (

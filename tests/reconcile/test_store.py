@@ -320,7 +320,7 @@ def test_a40_for_orthanc_carries_retired_target_and_linked_studies(orthanc_rig: 
     assert body["op"] == "merge_patient"
     assert body["patient"]["PatientID"] == "MR100234"
     assert body["target"] == {"PatientID": "MR100199", "IssuerOfPatientID": "HOSP"}
-    assert body["set"]["PatientID"] == "MR100199"
+    assert "PatientID" not in body["set"]  # the identity is the target
     assert body["study_uids"] == ["1.2.826.0.1.3680043.2.1125.20261102083015.1002341"]
 
 

@@ -284,11 +284,12 @@ def journal_show(config: Path | None, journal_id: int, show_phi: bool) -> None:
 
 
 def _register_groups() -> None:
-    from broker import cli_events, cli_queue, cli_worklist
+    from broker import cli_events, cli_queue, cli_reconcile, cli_worklist
 
     cli_worklist.register(main, _load, config_option)
     cli_queue.register(main, _load, config_option)
     cli_events.register(main, _load, config_option)
+    cli_reconcile.register(main, _load, config_option)
 
 
 _register_groups()

@@ -25,7 +25,7 @@ from broker.routing.engine import RouteEngine
 from broker.routing.loader import load_definitions
 from broker.storage.sqlite_worklist import SqliteWorklistStore
 from tests.dicom_study import build_study
-from tests.orthanc_server import OrthancServer, orthanc, orthanc_server  # noqa: F401
+from tests.orthanc_server import OrthancServer, orthanc_fixture, orthanc_server_fixture  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 UID1 = "1.2.826.0.1.3680043.2.1125.20261102083015.1002341"  # ZDS-1 of orm_o01_v231
@@ -146,7 +146,7 @@ def schedule(settings: Settings, *names: str) -> None:
 
 
 @pytest.fixture
-def pacs_with_studies(orthanc: OrthancServer) -> Iterator[OrthancServer]:  # noqa: F811
+def pacs_with_studies(orthanc: OrthancServer) -> Iterator[OrthancServer]:
     # matches its order (orm_o01_v231) but for the name (MARGARET vs MARGRET) and birth date
     orthanc.upload(*(f.data for f in build_study(
         patient_id="MR100234", issuer="HOSP", patient_name="HARTLEY^MARGARET^ANN^MRS",
@@ -215,7 +215,7 @@ def test_sweep_apply_queues_a_correction_job_for_the_study(
 
 def test_sweep_with_an_unreachable_pacs_is_a_clear_error(
     tmp_path: Path,
-    orthanc_server: OrthancServer,  # noqa: F811
+    orthanc_server: OrthancServer,
 ) -> None:
     config = write_config(tmp_path, orthanc_server)
     schedule(load_settings(config), "orm_o01_v231")

@@ -80,7 +80,17 @@ def _run(coro: Any) -> Any:
 def check(config: Path | None) -> None:
     """Validate config, routes and mappings, run the mapping tests; exit 1 on any error."""
     settings = _load(config)
-    click.echo(f"config: ok (store {settings.store}, {len(settings.mllp)} MLLP listener(s))")
+    from broker.delivery.worker import DeliveryService
+
+    bad = DeliveryService.check_settings(settings)
+    for problem in bad:
+        click.echo(f"error: {problem}")
+    if bad:
+        sys.exit(1)
+    click.echo(
+        f"config: ok (store {settings.store}, {len(settings.mllp)} MLLP listener(s), "
+        f"{len(settings.destinations)} destination(s))"
+    )
     from broker.routing import check as run_check
 
     report = run_check(settings.routes_dir, settings.mappings_dir, settings.destinations.keys())

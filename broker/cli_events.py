@@ -53,16 +53,49 @@ def _options(settings: Settings, destination: str) -> BusOptions:
         raise click.ClickException(str(exc)) from None
 
 
-def _line(body: Any) -> str:
+#: Event keys (and keys of its ``changes``) that carry patient data (docs/EVENTS.md).
+PHI_KEYS = frozenset(
+    {
+        "patient_id",
+        "issuer_of_patient_id",
+        "retired_patient_id",
+        "retired_issuer_of_patient_id",
+        "patient_name",
+        "patient_birth_date",
+        "patient_sex",
+        "other_patient_ids",
+        "source_message",
+    }
+)
+_REDACTED = "<redacted>"
+
+
+def redact(event: Any) -> Any:
+    """The event with patient values replaced (the command's default, like ``journal``)."""
+    if not isinstance(event, dict):
+        return _REDACTED
+    out: dict[str, Any] = {k: (_REDACTED if k in PHI_KEYS and v else v) for k, v in event.items()}
+    changes = out.get("changes")
+    if isinstance(changes, dict):
+        out["changes"] = {k: (_REDACTED if k in PHI_KEYS and v else v) for k, v in changes.items()}
+    return out
+
+
+def _line(body: Any, show_phi: bool = True) -> str:
     """The event as one compact JSON line (a body that is not JSON: as a JSON string)."""
     raw = body if isinstance(body, bytes) else str(body).encode()
     try:
-        return json.dumps(json.loads(raw), ensure_ascii=False, separators=(",", ":"))
+        event = json.loads(raw)
     except ValueError:
-        return json.dumps(raw.decode("utf-8", "replace"), ensure_ascii=False)
+        text: Any = raw.decode("utf-8", "replace")
+        return json.dumps(text if show_phi else _REDACTED, ensure_ascii=False)
+    return json.dumps(event if show_phi else redact(event), ensure_ascii=False,
+                      separators=(",", ":"))  # fmt: skip
 
 
-def tail(options: BusOptions, types: tuple[str, ...], count: int = 0) -> int:
+def tail(
+    options: BusOptions, types: tuple[str, ...], count: int = 0, *, show_phi: bool = True
+) -> int:
     """Print events until Ctrl-C (or ``count`` of them); returns how many were printed.
     Raises :class:`click.ClickException` when the bus cannot be reached."""
     keys = types or ("#",)
@@ -79,7 +112,7 @@ def tail(options: BusOptions, types: tuple[str, ...], count: int = 0) -> int:
 
     def on_message(message: Any) -> None:
         nonlocal printed
-        click.echo(_line(message.body))
+        click.echo(_line(message.body, show_phi))
         sys.stdout.flush()
         printed += 1
 
@@ -141,12 +174,14 @@ def register(
     @click.option(
         "--count", "-n", default=0, show_default=True, help="Stop after this many (0: never)."
     )
+    @click.option("--show-phi", is_flag=True, help="Print patient values (redacted otherwise).")
     def tail_command(
-        config: Path | None, destination: str, types: tuple[str, ...], count: int
+        config: Path | None, destination: str, types: tuple[str, ...], count: int, show_phi: bool
     ) -> None:
-        """Print each event as one JSON line as it arrives, until Ctrl-C."""
+        """Print each event as one JSON line as it arrives, until Ctrl-C; patient values are
+        redacted unless --show-phi."""
         settings = load(config)
-        tail(_options(settings, destination), types, count)
+        tail(_options(settings, destination), types, count, show_phi=show_phi)
 
 
 __all__ = ["register", "tail"]

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from broker.cli import main
@@ -30,7 +31,9 @@ def test_check_passes_on_the_shipped_files(tmp_path: Path) -> None:
 
 
 def test_check_names_file_line_and_field_of_an_error(tmp_path: Path) -> None:
-    config = config_in(tmp_path, "destinations: {pacs: {type: mllp, host: 127.0.0.1, port: 2576}}\n")
+    config = config_in(
+        tmp_path, "destinations: {pacs: {type: mllp, host: 127.0.0.1, port: 2576}}\n"
+    )
     route_file = next((tmp_path / "routes").glob("*.yaml"))
     text = route_file.read_text()
     route_file.write_text(text.replace("trigger: O01", "trigger: {O01: 1}", 1))
@@ -39,6 +42,24 @@ def test_check_names_file_line_and_field_of_an_error(tmp_path: Path) -> None:
     line = next(i for i, s in enumerate(text.splitlines(), 1) if "trigger: O01" in s)
     assert f"{route_file}:{line}" in result.output
     assert "trigger" in result.output
+
+
+@pytest.mark.parametrize(
+    ("destination", "expected"),
+    [
+        ("{type: bus, url: 'amqp://u:secret@host:notaport//'}", "destinations.events.url"),
+        ("{type: mllp, host: 127.0.0.1}", "destinations.events.port"),
+        ("{type: orthanc, url: 'ftp://x'}", "destinations.events.url"),
+    ],
+)
+def test_check_refuses_a_destination_serve_would_refuse(
+    tmp_path: Path, destination: str, expected: str
+) -> None:
+    config = config_in(tmp_path, f"destinations: {{events: {destination}}}\n")
+    result = CliRunner().invoke(main, ["check", "--config", str(config)])
+    assert result.exit_code == 1
+    assert f"error: {expected}" in result.output
+    assert "secret" not in result.output
 
 
 def test_route_is_a_dry_run_that_prints_json(tmp_path: Path) -> None:

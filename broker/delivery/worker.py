@@ -574,6 +574,20 @@ class DeliveryService:
             workers.append(DestinationWorker(destination, queue, options, owner=owner))
         return cls(queue, workers, types=types, **kwargs)
 
+    @staticmethod
+    def check_settings(settings: Settings) -> list[str]:
+        """What :meth:`from_settings` would refuse, per destination, without connecting
+        (``broker check``): one line per bad destination."""
+        problems = []
+        for name, conf in settings.destinations.items():
+            keys: dict[str, Any] = conf.model_dump(exclude={"type"}, exclude_none=True)
+            try:
+                WorkerOptions.from_mapping(f"destinations.{name}", keys)
+                build_destination(name, conf.type, keys, _resolver(settings))
+            except ConfigError as exc:
+                problems.append(str(exc))
+        return problems
+
     async def __aenter__(self) -> DeliveryService:
         for worker in self.workers.values():
             worker.start()

@@ -142,3 +142,14 @@ def test_without_an_events_destination_nothing_is_published(
 
 def test_every_type_is_in_the_schema() -> None:
     assert SCHEMA["properties"]["type"]["enum"] == list(EVENT_TYPES)
+
+
+def test_events_tail_redacts_patient_values_unless_asked() -> None:
+    from broker.cli_events import _line
+
+    body = json.dumps({"type": "patient.updated", "patient_id": "MR1", "accession": "A1",
+                       "changes": {"patient_name": "DOE^JANE", "modality": "CT"}}).encode()  # fmt: skip
+    shown = json.loads(_line(body, show_phi=False))
+    assert shown["patient_id"] == "<redacted>" and shown["accession"] == "A1"
+    assert shown["changes"] == {"patient_name": "<redacted>", "modality": "CT"}
+    assert json.loads(_line(body, show_phi=True))["changes"]["patient_name"] == "DOE^JANE"

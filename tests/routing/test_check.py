@@ -41,7 +41,8 @@ def test_dry_run_is_json() -> None:
     json.dumps(out)
     assert out["route"] == "orm-to-worklist,orm-changes-to-pacs"
     kinds = [e["effect"] for e in out["effects"]]
-    assert kinds == ["order_change", "worklist_upsert"]
+    assert kinds == ["order_change", "worklist_upsert", "skipped"]
+    assert out["effects"][2]["action"] == "publish:events"  # no events destination here
     assert out["effects"][1]["items"][0]["00080050"]["Value"] == ["ACC26110001"]
     (pacs,) = out["effects"][0]["messages"]
     assert pacs["destination"] == "pacs"

@@ -19,8 +19,9 @@ times each; medians are reported:
   from the service's start until the queue's depth is 0 (every event confirmed and recorded).
   ``--one-at-a-time`` hides the destination's ``deliver_many`` (the worker's batch hook) to
   show what per-entry confirms give.
-- **kombu, window 32**: a bare kombu Producer on a confirm-mode channel publishes the same
-  events in windows of 32 (the worker's run size) and waits for each window's confirms.
+- **kombu, window N**: a bare kombu Producer on a confirm-mode channel publishes the same
+  events in windows of N (the worker's run, ``--run``, default the bus destination's 256)
+  and waits for each window's confirms.
 - **kombu, confirm_publish**: kombu's documented way, ``transport_options={"confirm_publish":
   True}``: each publish waits for its own confirm.
 
@@ -54,7 +55,7 @@ EXCHANGE = "broker.events"
 SINK_QUEUE = "bench.bus.sink"
 GOAL_RATE = 2000.0  # events/s per destination, with confirms
 GOAL_RATIO = 0.8  # broker / bare kombu publisher with confirms
-WINDOW = 32  # the worker's run (broker.queue.base.DEFAULT_RUN)
+WINDOW = 256  # the bus destination's default run (BusDestination.default_run); --run sets both
 #: kombu is not annotated: used through ``Any`` (as broker/delivery/bus.py does).
 kombu: Any = _kombu
 
@@ -151,7 +152,12 @@ async def broker_side(opts: dict[str, Any]) -> dict[str, Any]:
     count = opts["count"]
     payloads = events(count)
     result: dict[str, Any] = {"count": count, "payload_bytes": len(payloads[count // 2])}
-    keys = {"url": opts["url"], "exchange": EXCHANGE, "ordering": "destination"}
+    keys = {
+        "url": opts["url"],
+        "exchange": EXCHANGE,
+        "ordering": "destination",
+        "run": opts.get("run", WINDOW),
+    }
     async with SqliteDatabase(opts["db"], schemas=[QUEUE_SCHEMA]) as db:
         queue = SqliteQueue(db)
         t = time.perf_counter()
@@ -222,14 +228,15 @@ def bare_window(opts: dict[str, Any]) -> dict[str, Any]:
         exchange = kombu.Exchange(EXCHANGE, "topic", durable=True)
         producer = kombu.Producer(channel, exchange=exchange, auto_declare=False)
         start = time.perf_counter()
-        for first in range(0, count, WINDOW):
-            for body in payloads[first : first + WINDOW]:
+        window = opts.get("window", WINDOW)
+        for first in range(0, count, window):
+            for body in payloads[first : first + window]:
                 producer.publish(
                     body, routing_key="procedure.completed", content_type="application/json",
                     content_encoding="utf-8", delivery_mode=2, message_id=str(first),
                     type="procedure.completed",
                 )  # fmt: skip
-            while confirmed < min(count, first + WINDOW):
+            while confirmed < min(count, first + window):
                 conn.connection.drain_events(timeout=30)
         seconds = time.perf_counter() - start
     return {"count": count, "seconds": seconds, "rate": count / seconds}
@@ -314,6 +321,12 @@ def main() -> int:
         "--one-at-a-time", action="store_true", help="also measure the worker without batches"
     )
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    parser.add_argument(
+        "--run",
+        type=int,
+        default=WINDOW,
+        help="the worker's run and the bare publisher's window (entries confirmed together)",
+    )
     parser.add_argument("--child", choices=("broker", "window", "confirm"), help=argparse.SUPPRESS)
     parser.add_argument("--options", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -336,8 +349,8 @@ def main() -> int:
             version = rabbitmq_version(url)
             for i in range(args.rounds):  # in turns, so drift on this VM hits all alike
                 db = str(workdir / f"q{i}.db")
-                results["broker"].append(child("broker", url, count=n, db=db))
-                results["window"].append(child("window", url, count=n))
+                results["broker"].append(child("broker", url, count=n, db=db, run=args.run))
+                results["window"].append(child("window", url, count=n, window=args.run))
             results["confirm"].append(child("confirm", url, count=min(n, 5000)))
             if args.one_at_a_time:
                 db = str(workdir / "single.db")
@@ -361,7 +374,7 @@ def main() -> int:
     ok_all = True
     rows = [
         ("broker: SqliteQueue FULL -> worker -> bus", broker, results["broker"]),
-        (f"bare kombu, confirms per window of {WINDOW}", window, results["window"]),
+        (f"bare kombu, confirms per window of {args.run}", window, results["window"]),
         ("bare kombu, confirm_publish=True", confirm, results["confirm"]),
     ]
     if results["single"]:
@@ -382,7 +395,7 @@ def main() -> int:
           f"{verdict(broker['rate'] >= GOAL_RATE)}")  # fmt: skip
     for label, peer in (
         ("kombu confirm_publish=True (each publish confirmed)", confirm),
-        (f"bare kombu, confirms per window of {WINDOW} (stores nothing)", window),
+        (f"bare kombu, confirms per window of {args.run} (stores nothing)", window),
     ):
         ratio = broker["rate"] / peer["rate"]
         print(f"  broker / {label}: {ratio:.2f}x, goal >= {GOAL_RATIO}: "

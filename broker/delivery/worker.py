@@ -96,6 +96,10 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+#: Largest run a claim may take (entries of one lane handed out and acknowledged together).
+MAX_RUN = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     """How one destination's queue is drained (config keys of the destination)."""
@@ -118,8 +122,8 @@ class WorkerOptions:
 
     @classmethod
     def from_mapping(cls, where: str, data: Mapping[str, Any]) -> WorkerOptions:
-        """Read ``ordering``, ``retry``, ``concurrency`` and ``probe_interval_s``; other keys
-        belong to the type."""
+        """Read ``ordering``, ``retry``, ``concurrency``, ``run`` and ``probe_interval_s``;
+        other keys belong to the type."""
         raw = data.get("ordering", Ordering.DESTINATION.value)
         try:
             ordering = Ordering(raw)
@@ -136,10 +140,14 @@ class WorkerOptions:
             raise ConfigError(
                 f"{where}.probe_interval_s: found {probe!r}; expected a number >= 0 (0: off)"
             )
+        run = data.get("run", DEFAULT_RUN)
+        if isinstance(run, bool) or not isinstance(run, int) or not 1 <= run <= MAX_RUN:
+            raise ConfigError(f"{where}.run: found {run!r}; expected 1 to {MAX_RUN}")
         return cls(
             ordering=ordering,
             retry=retry,
             concurrency=concurrency,
+            run=run,
             probe_interval_s=float(probe),
         )
 
@@ -571,6 +579,8 @@ class DeliveryService:
             options = WorkerOptions.from_mapping(f"destinations.{name}", keys)
             options = replace(options, lease_s=lease_s, poll_s=poll_s)
             destination = build_destination(name, conf.type, keys, _resolver(settings))
+            if "run" not in keys:  # a batching destination may want longer runs (the bus)
+                options = replace(options, run=getattr(destination, "default_run", options.run))
             workers.append(DestinationWorker(destination, queue, options, owner=owner))
         return cls(queue, workers, types=types, **kwargs)
 

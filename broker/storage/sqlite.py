@@ -56,6 +56,7 @@ class _Unit:
     future: Future[Any] | None = None  # blocking callers (write_sync)
     loop: asyncio.AbstractEventLoop | None = None  # async callers: resolved on their loop
     waiter: asyncio.Future[Any] | None = None
+    durable: bool = True  # False: bookkeeping a crash may lose (see SqliteDatabase.write)
 
 
 _STOP = object()
@@ -85,6 +86,8 @@ class SqliteDatabase:
         self._reader_lock = threading.Lock()
         self.commits = 0
         self.units_committed = 0
+        #: the synchronous level the writer connection has now (changed per batch)
+        self._level = synchronous
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -118,6 +121,7 @@ class SqliteDatabase:
         except StoreError:
             conn.close()
             raise
+        self._level = self._synchronous  # what _connect set on this connection
         self._writer = threading.Thread(
             target=self._writer_loop, args=(conn,), name="sqlite-writer", daemon=True
         )
@@ -153,20 +157,26 @@ class SqliteDatabase:
 
     # -- writing -------------------------------------------------------------------------
 
-    def submit(self, fn: WriteFn) -> Future[Any]:
+    def submit(self, fn: WriteFn, *, durable: bool = True) -> Future[Any]:
         """Queue ``fn(conn)`` for the next group commit; the future resolves after COMMIT."""
         if self._writer is None:
             raise StoreError("the database is not open")
         future: Future[Any] = Future()
-        self._requests.put(_Unit(fn, future=future))
+        self._requests.put(_Unit(fn, future=future, durable=durable))
         return future
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """Run ``fn`` in a transaction and return its result once it is durable.
 
         Raises whatever ``fn`` raised (its changes rolled back, others' kept), or
         :class:`StoreError` when the commit itself failed. A caller cancelled meanwhile does
         not stop the commit; its outcome is then simply dropped (arq's finish_job habit).
+
+        ``durable=False`` is for bookkeeping whose loss only repeats work (a delivery's ack,
+        a lease): a batch made only of such units commits without the fsync (WAL,
+        ``synchronous=NORMAL``). It survives a crash of the process (the WAL is written
+        before COMMIT returns), not a power cut; the next durable commit makes it durable too,
+        as the WAL is synced in order.
         """
         if self._writer is None:
             raise StoreError("the database is not open")
@@ -174,12 +184,12 @@ class SqliteDatabase:
         # A plain asyncio future, resolved with every other unit of its batch in one
         # call_soon_threadsafe: one loop wake-up per commit instead of one per message.
         waiter: asyncio.Future[T] = loop.create_future()
-        self._requests.put(_Unit(fn, loop=loop, waiter=waiter))
+        self._requests.put(_Unit(fn, loop=loop, waiter=waiter, durable=durable))
         return await waiter
 
-    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """Blocking :meth:`write`, for the command line and tests."""
-        result: T = self.submit(fn).result()
+        result: T = self.submit(fn, durable=durable).result()
         return result
 
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
@@ -207,6 +217,17 @@ class SqliteDatabase:
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Unit]) -> None:
         results: list[tuple[_Unit, bool, Any]] = []
+        # One durable unit makes the whole batch durable; otherwise skip the fsync.
+        lazy = self._synchronous.upper() in ("FULL", "EXTRA") and not any(
+            u.durable for u in batch
+        )
+        level = "NORMAL" if lazy else self._synchronous
+        if level != self._level:
+            try:
+                conn.execute(f"PRAGMA synchronous={level}")
+                self._level = level
+            except sqlite3.Error as exc:  # then the stricter setting stays: still correct
+                log.warning("cannot set synchronous=%s on %s: %s", level, self.path, exc)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:

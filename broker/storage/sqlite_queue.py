@@ -157,7 +157,8 @@ class SqliteQueue:
             ).fetchall()
             return [_entry(row) for row in rows]
 
-        return await self.db.write(claim)
+        # Lost in a power cut, a lease only means the entry is claimed (sent) again.
+        return await self.db.write(claim, durable=False)
 
     def _anything_due(self, destination: str, now: float) -> bool:
         conn = self.db.reader()
@@ -183,15 +184,18 @@ class SqliteQueue:
         def renew(conn: sqlite3.Connection) -> set[int]:
             return {row[0] for row in conn.execute(sql, (until, *ids, owner)).fetchall()}
 
-        return await self.db.write(renew)
+        return await self.db.write(renew, durable=False)
 
     async def ack(self, owner: str, entry_id: int) -> bool:
         now = self.clock()
+        # Not fsynced (see SqliteDatabase.write): a lost ack re-sends a delivered message,
+        # which at-least-once delivery allows; it never loses one.
         changed = await self._update(
             "UPDATE outbox SET state = 'delivered', finished_at = ?, last_attempt_at = ?,"
             " due_at = 0, lease_owner = '' WHERE id = ? AND lease_owner = ?"
             " AND state = 'in_flight'",
             (now, now, entry_id, owner),
+            durable=False,
         )
         return changed == 1
 
@@ -203,6 +207,7 @@ class SqliteQueue:
             " failed_since = CASE WHEN failed_since = 0 THEN ? ELSE failed_since END"
             " WHERE id = ? AND lease_owner = ? AND state = 'in_flight'",
             (not_before, error, now, now, entry_id, owner),
+            durable=False,
         )
         return changed == 1
 
@@ -214,6 +219,7 @@ class SqliteQueue:
             " failed_since = CASE WHEN failed_since = 0 THEN ? ELSE failed_since END"
             " WHERE id = ? AND lease_owner = ? AND state = 'in_flight'",
             (error, now, now, now, entry_id, owner),
+            durable=False,
         )
         return changed == 1
 
@@ -227,6 +233,7 @@ class SqliteQueue:
             f" due_at = 0, lease_owner = '' WHERE id IN ({marks}) AND lease_owner = ?"
             " AND state = 'in_flight'",
             (*ids, owner),
+            durable=False,
         )
 
     async def replay(self, destination: str, selection: Selection | None = None) -> list[int]:
@@ -275,11 +282,11 @@ class SqliteQueue:
             (destination,),
         )
 
-    async def _update(self, sql: str, args: Sequence[Any]) -> int:
+    async def _update(self, sql: str, args: Sequence[Any], *, durable: bool = True) -> int:
         def run(conn: sqlite3.Connection) -> int:
             return conn.execute(sql, tuple(args)).rowcount
 
-        return await self.db.write(run)
+        return await self.db.write(run, durable=durable)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -101,3 +101,26 @@ def test_a_store_of_another_layout_is_refused_clearly(tmp_path: Path) -> None:
     db = SqliteDatabase(path, schemas=[SCHEMA])
     with pytest.raises(StoreError, match="written by another broker version"):
         db.open()
+
+
+def test_bookkeeping_batches_skip_the_fsync_and_durable_ones_keep_it(tmp_path: Path) -> None:
+    level = "PRAGMA synchronous"  # 0 OFF, 1 NORMAL, 2 FULL
+
+    def read(c: sqlite3.Connection) -> int:
+        return int(c.execute(level).fetchone()[0])
+
+    db = SqliteDatabase(tmp_path / "s.db")
+    db.open()
+    try:
+        assert db.write_sync(read) == 2
+        assert db.write_sync(read, durable=False) == 1
+        assert db.write_sync(read) == 2  # a durable unit after a lazy one is fsynced again
+    finally:
+        db.close()
+    # a store opened without fsync (tests) is never made stricter by bookkeeping
+    off = SqliteDatabase(tmp_path / "o.db", synchronous="OFF")
+    off.open()
+    try:
+        assert off.write_sync(read, durable=False) == 0
+    finally:
+        off.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -58,6 +59,10 @@ class AckError:
 def new_control_id() -> str:
     """A control ID unique within this process run (MSH-10 of the ACKs we send)."""
     return f"ACK{time.strftime('%Y%m%d%H%M%S')}{_prefix}{next(_counter)}"
+
+
+#: MLLP's start block (VT) and end block (FS) bytes: never part of a message's content.
+_FRAME_BYTES = re.compile("[\x0b\x1c]")
 
 
 def should_send(header: Header | None, code: AckCode) -> bool:
@@ -122,7 +127,12 @@ def build_ack(
     segments.append(fs.join(msa))
     for error in errors:
         segments.append(_err_segment(error, fs, enc, version))
-    return "\r".join(segments) + "\r"
+    text_out = "\r".join(segments) + "\r"
+    # Echoed values can hold MLLP's own frame bytes (an MSH-10 ending in FS); inside the
+    # answer they would end its frame early and the ERR would be lost: drop them.
+    if _FRAME_BYTES.search(text_out):
+        text_out = _FRAME_BYTES.sub("", text_out)
+    return text_out
 
 
 def _ack_type(cs: str, trigger: str, version: str) -> str:

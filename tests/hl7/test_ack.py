@@ -61,3 +61,13 @@ def test_ack_without_header_is_still_valid() -> None:
     ack = hl7.parse(build_ack(None, "AR", [AckError(100, "MSH", "no MSH")]))
     assert str(ack.segment("MSA")[1]) == "AR"
     assert str(ack.segment("MSA")[2]) == ""
+
+
+def test_mllp_frame_bytes_in_echoed_values_never_reach_the_answer() -> None:
+    # Found by the peer tests' hypothesis stream: an MSH-10 ending in FS (0x1c) was echoed
+    # in MSA-2 and ended the answer's frame before its ERR segment.
+    header = parse_header("MSH|^~\\&|R\x0bIS|HOSP|BROKER|HOSP|20261102083015||ORM^O01|RANDOM\x1c")
+    ack = build_ack(header, "AR", (AckError(101, "MSH^1^12", "MSH-12 version ID is required"),))
+    assert "\x1c" not in ack and "\x0b" not in ack
+    assert "\rMSA|AR|RANDOM\r" in ack and "\rERR||MSH^1^12|101^" in ack
+    assert ack.startswith("MSH|^~\\&|BROKER|HOSP|RIS|HOSP|")

@@ -27,6 +27,8 @@ class WorklistUpsert:
     order_key: str
     items: tuple[DicomJson, ...]
     patient_key: str = ""
+    #: report what changed per item (for events; costs a read and a diff per updated item)
+    report_changes: bool = False
 
 
 @dataclass(frozen=True, slots=True)

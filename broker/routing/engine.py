@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from broker.effects import (
@@ -190,6 +191,11 @@ class RouteEngine:
             return self._unmatched(message)
         # An order change is judged against the order as stored: before this message's own
         # worklist effects replace it (the store applies effects in order, in one transaction).
+        if any(isinstance(e, Publish) for e in effects):  # the events need the diffs
+            effects = [
+                replace(e, report_changes=True) if isinstance(e, WorklistUpsert) else e
+                for e in effects
+            ]
         # Events tell what the other effects did: they come last.
         effects.sort(key=lambda e: 0 if isinstance(e, OrderChange) else 2 if isinstance(
             e, Publish) else 1)  # fmt: skip

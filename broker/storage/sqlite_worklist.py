@@ -411,12 +411,13 @@ def apply_worklist_upsert(
             _history(conn, item_id, "", row.keys.status or lifecycle.SCHEDULED, "created",
                      "hl7", journal_id, now)  # fmt: skip
             created += 1
-            item_changes.append(None)
+            if effect.report_changes:
+                item_changes.append(None)
             continue
         item_id, old = found
-        # what changed, for the order.updated event (in the summary's private "_changes")
-        before = conn.execute("SELECT json FROM worklist_items WHERE id=?", (item_id,))
-        item_changes.append(events.item_changes(json.loads(before.fetchone()[0]), row.item))
+        if effect.report_changes:  # for the order.updated event (the private "_changes")
+            before = conn.execute("SELECT json FROM worklist_items WHERE id=?", (item_id,))
+            item_changes.append(events.item_changes(json.loads(before.fetchone()[0]), row.item))
         if old == lifecycle.CANCELED:
             new = asked or lifecycle.SCHEDULED
         else:
@@ -435,7 +436,10 @@ def apply_worklist_upsert(
                     journal_id, now)  # fmt: skip
         removed += 1
     # keys starting with "_" are for the events of this commit, not kept in the journal
-    return {"created": created, "updated": updated, "removed": removed, "_changes": item_changes}
+    out: dict[str, Any] = {"created": created, "updated": updated, "removed": removed}
+    if effect.report_changes:
+        out["_changes"] = item_changes
+    return out
 
 
 def apply_worklist_status(

@@ -1,4 +1,5 @@
-"""Delivery: destination types (MLLP, HTTP) and the workers that drain the durable queues."""
+"""Delivery: destination types (MLLP, HTTP, bus, Orthanc) and the workers that drain the
+durable queues."""
 
 from broker.delivery.destinations import (
     SUPPORTED_TYPES,
@@ -12,6 +13,7 @@ from broker.delivery.destinations import (
     build_destination,
 )
 from broker.delivery.worker import (
+    Batching,
     DeliveryService,
     DestinationStats,
     DestinationWorker,
@@ -22,6 +24,7 @@ from broker.delivery.worker import (
 
 __all__ = [
     "SUPPORTED_TYPES",
+    "Batching",
     "Dead",
     "Delivered",
     "DeliveryService",

@@ -46,16 +46,16 @@ import kombu
 
 from broker.delivery.destinations import (
     MAX_ERROR_TEXT,
+    Closing,
     Dead,
     Delivered,
     Network,
+    OptionReader,
     Outcome,
     Retry,
     TlsOptions,
-    _Closing,
-    _Reader,
-    _tls,
     tcp_reachable,
+    tls_options,
 )
 from broker.errors import ConfigError
 from broker.hl7.client import DEFAULT_CONNECT_TIMEOUT_S
@@ -149,7 +149,7 @@ def bus_options(
 ) -> BusOptions:
     """Read ``type: bus`` keys; raises :class:`ConfigError` naming the bad key (a URL is
     shown with its password redacted)."""
-    r = _Reader(where, data)
+    r = OptionReader(where, data)
     raw = data.get("url")
     expected = "amqp://USER:PASSWORD@HOST:5672/VHOST, amqps://… or redis://[:PASSWORD@]HOST:6379/DB"
     if not isinstance(raw, str) or not raw:
@@ -193,7 +193,7 @@ def bus_options(
     exchange_type = data.get("exchange_type", "topic")
     if exchange_type not in EXCHANGE_TYPES:
         raise r._fail("exchange_type", exchange_type, " or ".join(EXCHANGE_TYPES))
-    tls = _tls(r, resolve)
+    tls = tls_options(r, resolve)
     if tls is not None and not tls_on:
         raise ConfigError(
             f"{where}.tls is set but url is {parts.scheme}://, which does not use TLS; "
@@ -571,7 +571,7 @@ def classify(exc: BaseException, connecting: bool) -> tuple[Network, str]:
     return ("connect" if connecting and socket_like else "lost"), cause
 
 
-class BusDestination(_Closing):
+class BusDestination(Closing):
     """Publish each entry (one JSON event) to the exchange; see the module docstring."""
 
     #: Entries per run when the config says no ``run``: RabbitMQ confirms a persistent

@@ -103,7 +103,7 @@ class Probing(Protocol):
         ...
 
 
-class _Closing:
+class Closing:
     """``async with`` for destinations: nothing to open up front, :meth:`aclose` at the end."""
 
     async def aclose(self) -> None:
@@ -175,7 +175,7 @@ class HttpOptions:
     tls: TlsOptions | None = None
 
 
-class _Reader:
+class OptionReader:
     """Typed reads of a destination's config mapping, errors naming the key."""
 
     def __init__(self, where: str, data: Mapping[str, Any]) -> None:
@@ -210,7 +210,7 @@ class _Reader:
         return value
 
 
-def _tls(reader: _Reader, resolve: Callable[[Path], Path]) -> TlsOptions | None:
+def tls_options(reader: OptionReader, resolve: Callable[[Path], Path]) -> TlsOptions | None:
     data = reader.data.get("tls")
     if data is None or data is False:
         return None
@@ -238,7 +238,7 @@ def mllp_options(
     where: str, data: Mapping[str, Any], resolve: Callable[[Path], Path] = Path.resolve
 ) -> MllpOptions:
     """Read ``type: mllp`` keys; raises :class:`ConfigError` naming the bad key."""
-    r = _Reader(where, data)
+    r = OptionReader(where, data)
     on_error: dict[str, ErrorAction] = {"AE": "retry", "AR": "dead"}
     raw = data.get("on_error")
     if raw is not None:
@@ -257,7 +257,7 @@ def mllp_options(
         on_error=on_error,
         connections=r.integer("connections", 1, 1, 64),
         max_frame=r.integer("max_frame", DEFAULT_MAX_FRAME, 1024),
-        tls=_tls(r, resolve),
+        tls=tls_options(r, resolve),
     )
 
 
@@ -265,7 +265,7 @@ def http_options(
     where: str, data: Mapping[str, Any], resolve: Callable[[Path], Path] = Path.resolve
 ) -> HttpOptions:
     """Read ``type: http`` keys; raises :class:`ConfigError` naming the bad key."""
-    r = _Reader(where, data)
+    r = OptionReader(where, data)
     url = r.text("url")
     if not url.startswith(("http://", "https://")):
         raise r._fail("url", url, "an http:// or https:// URL")
@@ -282,7 +282,7 @@ def http_options(
         timeout_s=r.number("timeout_s", r.number("ack_timeout_s", DEFAULT_ACK_TIMEOUT_S), 0.001),
         connect_timeout_s=r.number("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S, 0.001),
         connections=r.integer("connections", 4, 1, 256),
-        tls=_tls(r, resolve),
+        tls=tls_options(r, resolve),
     )
 
 
@@ -312,7 +312,7 @@ class _Client(MllpClient):
             raise ProtocolError(f"{self.host}:{self.port}: connection lost: {exc}") from exc
 
 
-class MllpDestination(_Closing):
+class MllpDestination(Closing):
     """HL7 v2 over MLLP; ``connections`` persistent connections, each reconnected on demand."""
 
     def __init__(self, name: str, options: MllpOptions) -> None:
@@ -500,7 +500,7 @@ def _error_text(text: str, msa: list[str], sep: str) -> str:
 # -- http ----------------------------------------------------------------------------------
 
 
-class HttpDestination(_Closing):
+class HttpDestination(Closing):
     """POST or PUT each entry to a URL (aiohttp; sets TCP_NODELAY on its sockets itself)."""
 
     def __init__(self, name: str, options: HttpOptions) -> None:
@@ -602,6 +602,7 @@ def build_destination(
 
 __all__ = [
     "SUPPORTED_TYPES",
+    "Closing",
     "Dead",
     "Delivered",
     "Destination",
@@ -610,6 +611,7 @@ __all__ = [
     "MllpDestination",
     "MllpOptions",
     "Network",
+    "OptionReader",
     "Outcome",
     "Probing",
     "Retry",
@@ -618,4 +620,5 @@ __all__ = [
     "http_options",
     "mllp_options",
     "tcp_reachable",
+    "tls_options",
 ]

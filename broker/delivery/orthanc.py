@@ -57,16 +57,16 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from broker.delivery.destinations import (
     MAX_ERROR_TEXT,
+    Closing,
     Dead,
     Delivered,
     Network,
+    OptionReader,
     Outcome,
     Retry,
     TlsOptions,
-    _Closing,
-    _Reader,
-    _tls,
     tcp_reachable,
+    tls_options,
 )
 from broker.errors import ConfigError
 from broker.queue.base import Entry
@@ -122,7 +122,7 @@ def orthanc_options(
 ) -> OrthancOptions:
     """Read ``type: orthanc`` keys; raises :class:`ConfigError` naming the bad key (and never
     repeating the password)."""
-    r = _Reader(where, data)
+    r = OptionReader(where, data)
     url = r.text("url").rstrip("/")
     parsed = yarl.URL(url)
     if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -151,7 +151,7 @@ def orthanc_options(
         timeout_s=r.number("timeout_s", DEFAULT_TIMEOUT_S, 0.001),
         connect_timeout_s=r.number("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S, 0.001),
         connections=r.integer("connections", 4, 1, 64),
-        tls=_tls(r, resolve),
+        tls=tls_options(r, resolve),
         spool_dir=resolve(Path(spool)) if spool else None,
     )
 
@@ -277,7 +277,7 @@ class _HttpError(Exception):
 # -- the destination -----------------------------------------------------------------------
 
 
-class OrthancDestination(_Closing):
+class OrthancDestination(Closing):
     """Applies reconciliation jobs to one Orthanc (see the module docstring)."""
 
     def __init__(self, name: str, options: OrthancOptions) -> None:

@@ -37,16 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
-import os
-import secrets
 import ssl
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +63,7 @@ from broker.delivery.destinations import (
     tcp_reachable,
     tls_options,
 )
+from broker.delivery.orthanc_spool import Kept, Spool
 from broker.errors import ConfigError
 from broker.queue.base import Entry
 
@@ -293,7 +289,7 @@ class OrthancDestination(Closing):
             token = f"{options.username}:{options.password or ''}".encode()
             self._headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
         self._session: aiohttp.ClientSession | None = None
-        self._spool = _Spool(options.spool_dir) if options.spool_dir else None
+        self._spool = Spool(options.spool_dir) if options.spool_dir else None
         # Set once Orthanc refused an in-place overwrite and there is a spool: go per
         # instance from then on instead of paying a failing study modify each time.
         self._overwrite_refused = False
@@ -493,7 +489,7 @@ class OrthancDestination(Closing):
             raise
         kept.done()
 
-    async def _keep(self, instance_id: str, data: bytes) -> _Kept:
+    async def _keep(self, instance_id: str, data: bytes) -> Kept:
         """Spool ``data`` (fsync in a thread); a cancelled caller still lets go of the lock."""
         assert self._spool is not None
         task = asyncio.ensure_future(asyncio.to_thread(self._spool.keep, instance_id, data))
@@ -687,7 +683,7 @@ def _modification(replace: Mapping[str, str]) -> dict[str, Any]:
     return {"Replace": tags, "Keep": list(KEEP_UIDS), "Force": True}
 
 
-def _release_when_kept(task: asyncio.Future[_Kept]) -> None:
+def _release_when_kept(task: asyncio.Future[Kept]) -> None:
     if not task.cancelled() and task.exception() is None:
         task.result().release()
 
@@ -698,113 +694,6 @@ def _count(studies: list[Any]) -> str:
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-# -- the spool -----------------------------------------------------------------------------
-
-
-class _Kept:
-    """A spooled copy, locked (``flock``) by its holder until :meth:`done` or :meth:`release`."""
-
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path = path
-        self.fd = fd
-
-    @property
-    def key(self) -> str:
-        return self.path.stem
-
-    def done(self) -> None:
-        """The copy is stored in Orthanc: forget it (unlinked before the lock goes)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        os.close(self.fd)
-
-    def release(self) -> None:
-        """Leave the copy for a later attempt."""
-        os.close(self.fd)
-
-
-class _Spool:
-    """Corrected files kept on disk (fsynced) while their instance is replaced.
-
-    A copy is written under a temporary name, fsynced, locked and renamed to
-    ``<orthanc instance id>.dcm`` (the folder fsynced too) before the instance is deleted.
-    The lock (``flock``, per open file) tells an attempt of this or another broker process
-    that a copy is still in use; only unlocked copies are leftovers of a dead attempt.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def keep(self, key: str, data: bytes) -> _Kept:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.directory / f"{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)  # PHI: owner only
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            final = self.directory / f"{key}.dcm"
-            os.replace(tmp, final)
-            self._sync_directory()
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        return _Kept(final, fd)
-
-    def leftovers(self) -> Iterator[_Kept]:
-        """Copies no attempt holds, oldest first, each locked for the caller; stale
-        temporary files (a crash while writing: the instance was not deleted) are removed."""
-        try:
-            paths = sorted(self.directory.iterdir(), key=_mtime)
-        except FileNotFoundError:
-            return
-        for path in paths:
-            kept = self._claim(path)
-            if kept is None:
-                continue
-            if path.suffix == ".tmp":
-                kept.done()
-            elif path.suffix == ".dcm":
-                yield kept
-            else:
-                kept.release()
-
-    def _claim(self, path: Path) -> _Kept | None:
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return None  # in use by a running attempt
-            raise
-        if not path.exists():  # done() by its holder just before we locked it
-            os.close(fd)
-            return None
-        return _Kept(path, fd)
-
-    def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
 
 
 def build_orthanc(

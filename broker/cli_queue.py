@@ -64,7 +64,17 @@ def _time(ts: float) -> str:
 
 
 def _message_id(entry: Entry) -> str:
-    """What the analyst searches for: the message type and MSH-10 (not patient data)."""
+    """What the analyst searches for: the message type and MSH-10; for JSON (events,
+    reconciliation jobs) the type or op and the id. Never patient data."""
+    if entry.content_type.endswith("json"):
+        try:
+            body = json.loads(entry.payload)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            kind = body.get("type") or body.get("op") or "?"
+            return f"{kind} {body.get('id', '')}".strip()
+        return f"<{len(entry.payload)} bytes {entry.content_type}>"
     try:
         header = parse_header(entry.payload[:4096].decode("latin-1"))
     except HeaderError:

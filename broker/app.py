@@ -41,6 +41,7 @@ from broker.storage.sqlite_reconcile import (
     RECONCILE_SCHEMA,
     apply_order_change,
     apply_patient_change,
+    purge_history,
 )
 from broker.storage.sqlite_worklist import (
     SqliteWorklistStore,
@@ -345,6 +346,11 @@ class Broker:
                 )
                 if purged:
                     log.info("worklist retention: removed %d finished items", purged)
+                changes = await asyncio.to_thread(
+                    purge_history, self.db, self.settings.reconcile.history_days
+                )
+                if changes:
+                    log.info("reconcile history retention: removed %d change records", changes)
             except Exception:
                 log.exception("retention failed; will try again")
             await asyncio.sleep(conf.purge_interval_s)

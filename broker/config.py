@@ -114,6 +114,9 @@ class ReconcileSettings(_Model):
     destination: str = Field(
         "pacs", description="Destination the sweep's --apply corrections are queued for."
     )
+    history_days: int = Field(
+        365, ge=1, description="Keep the record of each patient/order change this long (audit)."
+    )
 
 
 class HttpSettings(_Model):

@@ -12,6 +12,7 @@ after and what was queued where. ``broker reconcile history`` reads it.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -21,7 +22,7 @@ from broker.effects import Enqueue, OrderChange, Outbound, PatientChange, Patien
 from broker.errors import ConflictError
 from broker.reconcile import changes as rc
 from broker.reconcile.sweep import Mismatch, OrderItem, SweepReport
-from broker.storage.sqlite import Schema
+from broker.storage.sqlite import Schema, SqliteDatabase
 from broker.storage.sqlite_queue import apply_enqueue
 from broker.storage.sqlite_worklist import _history, _now, _replace, _Row
 from broker.worklist import item as wi
@@ -46,6 +47,7 @@ RECONCILE_SCHEMA = Schema(
         "CREATE INDEX IF NOT EXISTS reconcile_patient ON reconcile_changes(patient_id)",
         "CREATE INDEX IF NOT EXISTS reconcile_target ON reconcile_changes(target_id)",
         "CREATE INDEX IF NOT EXISTS reconcile_order ON reconcile_changes(order_key)",
+        "CREATE INDEX IF NOT EXISTS reconcile_at ON reconcile_changes(at)",
     ),
 )
 
@@ -382,6 +384,17 @@ def queue_sweep_corrections(
                                "fields": detail["fields"]})  # fmt: skip
 
 
+def purge_history(db: SqliteDatabase, days: int, *, now: _dt.datetime | None = None) -> int:
+    """Delete change records older than ``days``; returns how many went."""
+    cutoff = ((now or _dt.datetime.now(_dt.UTC)) - _dt.timedelta(days=days)).isoformat(
+        timespec="seconds"
+    )
+    removed: int = db.write_sync(
+        lambda conn: conn.execute("DELETE FROM reconcile_changes WHERE at < ?", (cutoff,)).rowcount
+    )
+    return removed
+
+
 def history(
     conn: sqlite3.Connection, *, patient: str = "", order: str = "", limit: int = 100
 ) -> list[dict[str, Any]]:
@@ -417,6 +430,7 @@ __all__ = [
     "apply_order_change",
     "apply_patient_change",
     "history",
+    "purge_history",
     "queue_sweep_corrections",
     "sweep_items",
 ]

@@ -437,3 +437,16 @@ def test_cancel_before_anything_was_performed_stays_off_the_pacs(orthanc_rig: Ri
     orthanc_rig.ok(xo(**{"ORC|XO|": "ORC|CA|"}))
     assert orthanc_rig.outbox() == []
     assert orthanc_rig.items()[0]["status"] == "CANCELED"
+
+
+def test_change_history_is_kept_for_its_retention_only(rig: Rig) -> None:
+    import datetime as dt
+
+    from broker.storage.sqlite_reconcile import purge_history
+
+    rig.ok(sample("orm_o01_v231"))
+    rig.ok(sample("adt_a08"))
+    assert purge_history(rig.db, 365) == 0
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=400)
+    assert purge_history(rig.db, 365, now=later) == 1
+    assert rig.changes() == []

@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiohttp import web
-
+from broker.admin.api import AdminApi
 from broker.admin.http import AdminServer
 from broker.admin.metrics import Metrics
 from broker.config import MllpListenerSettings, Settings
@@ -27,7 +26,6 @@ from broker.errors import ConfigError
 from broker.hl7.listener import ListenerSettings, MllpListener
 from broker.ingest.decision import Router
 from broker.ingest.pipeline import IngestPipeline
-from broker.reconcile.service import SweepError, run_sweep
 from broker.routing import RouterHolder
 from broker.storage.sqlite import SqliteDatabase
 from broker.storage.sqlite_events import (
@@ -191,10 +189,9 @@ class Broker:
                 self.metrics,
                 self.health,
                 self.refresh_gauges,
-                endpoints=[
-                    ("GET", "/reconcile/sweep", self._sweep_endpoint),
-                    ("POST", "/reconcile/sweep", self._sweep_endpoint),
-                ],
+                endpoints=AdminApi(
+                    settings, self.db, self.journal, self.queue, self.worklist, self.delivery
+                ).endpoints(),
             )
             await self._stack.enter_async_context(self.admin)
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="journal-retention"))
@@ -261,25 +258,6 @@ class Broker:
         await self.stop()
 
     # -- health and metrics --------------------------------------------------------------
-
-    async def _sweep_endpoint(self, request: web.Request) -> web.Response:
-        """``GET /reconcile/sweep?since=…[&until=…][&show_phi=1]``: the mismatches;
-        ``POST`` with the same parameters also queues the corrections (``--apply``)."""
-        q = request.query
-        since = q.get("since", "")
-        if not since:
-            return web.json_response({"error": "since=YYYY-MM-DD is required"}, status=400)
-        apply = request.method == "POST"
-        try:
-            report = await asyncio.to_thread(
-                run_sweep, self.settings, self.db, since, q.get("until", ""), apply=apply
-            )
-        except SweepError as exc:
-            return web.json_response({"error": str(exc)}, status=502 if "PACS" in str(exc)
-                                     else 400)  # fmt: skip
-        if apply and report.applied and self.delivery is not None:
-            self.delivery.notify(self.settings.reconcile.destination)
-        return web.json_response(report.as_json(show_phi=q.get("show_phi") == "1"))
 
     def health(self) -> dict[str, Any]:
         """What /health reports: ok while every listener serves and the store answers."""

@@ -21,19 +21,7 @@ from broker.worklist import (
     export_items,
     import_files,
 )
-from broker.worklist.item import DicomJson
-
-#: Attributes ``worklist ls`` shows, by DICOM JSON tag: (column, tag, inside SPS?).
-_COLUMNS = (
-    ("accession", "00080050", False),
-    ("patient_id", "00100020", False),
-    ("modality", "00080060", True),
-    ("station_ae", "00400001", True),
-    ("start", "00400002", True),
-    ("status", "00400020", True),
-    ("procedure", "00321060", False),
-)
-_PHI = {"patient_id"}
+from broker.worklist.summary import redact, summary_row
 
 
 @contextmanager
@@ -51,34 +39,6 @@ def open_worklist(settings: Settings, *, create: bool = False) -> Iterator[Any]:
         yield store
     finally:
         db.close()
-
-
-def _value(item: DicomJson, tag: str, in_step: bool) -> str:
-    if in_step:
-        steps = (item.get("00400100") or {}).get("Value") or [{}]
-        item = steps[0] if isinstance(steps[0], dict) else {}
-    values = (item.get(tag) or {}).get("Value") or []
-    if not values:
-        return ""
-    value = values[0]
-    if isinstance(value, dict):  # PN
-        return str(value.get("Alphabetic", ""))
-    return str(value)
-
-
-def _redact(item: Any) -> Any:
-    """A copy of DICOM JSON with patient attributes (group 0010) replaced."""
-    if isinstance(item, dict):
-        out: dict[str, Any] = {}
-        for key, value in item.items():
-            if isinstance(key, str) and key.startswith("0010") and isinstance(value, dict):
-                out[key] = {"vr": value.get("vr"), "Value": ["<redacted>"]}
-            else:
-                out[key] = _redact(value)
-        return out
-    if isinstance(item, list):
-        return [_redact(v) for v in item]
-    return item
 
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -118,10 +78,7 @@ def register(
                 rows = store.items(active_only=not show_all)
             shown = 0
             for item_id, item in rows:
-                row = {"id": item_id}
-                for name, tag, in_step in _COLUMNS:
-                    value = _value(item, tag, in_step)
-                    row[name] = "<redacted>" if name in _PHI and value and not show_phi else value
+                row = summary_row(item_id, item, show_phi=show_phi)
                 if status and row["status"].upper() != status.upper():
                     continue
                 if as_json:
@@ -147,7 +104,7 @@ def register(
             if found is None:
                 raise click.ClickException(f"no worklist item {item_id}")
             if not show_phi:
-                found["item"] = _redact(found["item"])
+                found["item"] = redact(found["item"])
                 found["patient_key"] = "<redacted>"
             click.echo(json.dumps(found, indent=2, ensure_ascii=False))
 

@@ -120,11 +120,16 @@ class ReconcileSettings(_Model):
 
 
 class HttpSettings(_Model):
-    """The admin HTTP listener (/health, /metrics)."""
+    """The admin HTTP listener (/health, /metrics, the admin API: broker/admin/api.py)."""
 
     host: str = Field("127.0.0.1", description="Address to bind (keep it internal).")
     port: int = Field(8080, ge=0, le=65535, description="TCP port.")
     enabled: bool = Field(True, description="Run the admin HTTP listener.")
+    show_phi: bool = Field(
+        False,
+        description="Let admin API callers ask for patient data (show_phi=1); it has no "
+        "authentication of its own.",
+    )
 
 
 class JournalSettings(_Model):

@@ -69,9 +69,9 @@ JOURNAL_SCHEMA = Schema(
     ),
 )
 
-_INSERT_JOURNAL = """INSERT INTO journal (received_at, listener, peer, sender, control_id,
+_INSERT_JOURNAL = """INSERT INTO journal (id, received_at, listener, peer, sender, control_id,
     message_type, version, charset, status, ack_code, route, detail, raw)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
 def _apply_skipped(conn: sqlite3.Connection, effect: Skipped, journal_id: int) -> dict[str, Any]:
@@ -132,10 +132,13 @@ class SqliteJournal:
             return CommitResult(journal_id, decision.ack_code, decision.errors)
 
         detail = {"actions": decision.actions}
-        journal_id = self._insert(conn, record, "accepted", "AA", decision.route, detail)
         if not decision.effects:
+            journal_id = self._insert(conn, record, "accepted", "AA", decision.route, detail)
             self._remember(conn, record, journal_id)
             return CommitResult(journal_id, "AA")
+        # The row is written once, after the effects (which name it): its id is taken now.
+        # Safe: this runs on the one writer connection inside BEGIN IMMEDIATE.
+        journal_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM journal").fetchone()[0]
         conn.execute("SAVEPOINT effects")
         try:
             done: list[dict[str, Any]] = []
@@ -150,14 +153,11 @@ class SqliteJournal:
             conn.execute("RELEASE effects")
             error = AckError(exc.hl7_code, exc.hl7_location, str(exc))
             detail = {"errors": [asdict(error)], "actions": decision.actions}
-            conn.execute(
-                "UPDATE journal SET status = 'error', ack_code = 'AE', detail = ? WHERE id = ?",
-                (json.dumps(detail), journal_id),
-            )
+            self._insert(conn, record, "error", "AE", decision.route, detail, journal_id)
             return CommitResult(journal_id, "AE", (error,))
         conn.execute("RELEASE effects")
         detail["applied"] = applied
-        conn.execute("UPDATE journal SET detail = ? WHERE id = ?", (json.dumps(detail), journal_id))
+        self._insert(conn, record, "accepted", "AA", decision.route, detail, journal_id)
         self._remember(conn, record, journal_id)
         return CommitResult(journal_id, "AA", applied=applied)
 
@@ -209,10 +209,13 @@ class SqliteJournal:
         ack_code: str,
         route: str | None,
         detail: dict[str, Any],
+        journal_id: int | None = None,
     ) -> int:
+        """Write the row (``journal_id`` None: SQLite picks the next id)."""
         cur = conn.execute(
             _INSERT_JOURNAL,
             (
+                journal_id,
                 record.received_at,
                 record.listener,
                 record.peer,

@@ -125,6 +125,10 @@ def server(kind: str, workdir: Path, profile_to: Path | None = None) -> Iterator
         log.close()
 
 
+#: Set by --same-order: every message is the sample order sent again (default: new orders).
+SAME_ORDER: list[str] = []
+
+
 def loadgen(
     port: int, seconds: float, warmup: float, rate: float = 0.0, *, check_id: bool = True
 ) -> dict[str, Any]:
@@ -142,6 +146,7 @@ def loadgen(
         "--rate",
         str(rate),
         *([] if check_id else ["--no-check-id"]),
+        *SAME_ORDER,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + warmup + 120)
     if done.returncode != 0:
@@ -163,7 +168,14 @@ def main() -> int:
     parser.add_argument("--paced-rate", type=float, default=1000.0)
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     parser.add_argument("--profile", type=Path, help="profile the broker; write stats here")
+    parser.add_argument(
+        "--same-order",
+        action="store_true",
+        help="send one order again and again (resends) instead of a new order each time",
+    )
     args = parser.parse_args()
+    if args.same_order:
+        SAME_ORDER.append("--same-order")
 
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
@@ -187,8 +199,10 @@ def main() -> int:
     vs_bare = broker["rate"] / bare["rate"]
     vs_hl7 = broker["rate"] / peer["rate"]
     print(
-        f"ingest: ORM^O01 v2.3.1 ({broker['message_bytes']} bytes), 8 connections, "
-        f"each awaiting every ACK; {args.seconds:g} s measured after {args.warmup:g} s warm-up"
+        f"ingest: ORM^O01 v2.3.1 ({broker['message_bytes']} bytes), "
+        f"{'the same order sent again' if args.same_order else 'a new order each'}, "
+        f"8 connections, each awaiting every ACK; {args.seconds:g} s measured after "
+        f"{args.warmup:g} s warm-up"
     )
     print(f"  broker (durable, SQLite FULL)  {broker['rate']:>9,.0f} msg/s")
     print(f"  bare asyncio, fixed ACK        {bare['rate']:>9,.0f} msg/s   (ceiling)")

@@ -10,7 +10,11 @@ loop with the server it measures::
 Closed loop (default): every connection sends as fast as ACKs come back; the result is the
 server's throughput. Paced (``--rate R``): the connections together send R messages a second
 on a fixed schedule, and the result is the ACK latency distribution at that load. Messages are
-the ``samples/orm_o01_v231.hl7`` order with a unique MSH-10 each (so no duplicate detection).
+the ``samples/orm_o01_v231.hl7`` order with a unique MSH-10 each (so no duplicate detection)
+and, unless ``--same-order``, a new order each: its placer and filler numbers, accession,
+requested procedure and step IDs and Study Instance UID made unique, so that the broker creates
+a worklist item per message as for real new orders (with ``--same-order`` every message is
+the same order sent again, which the broker recognises as unchanged).
 """
 
 from __future__ import annotations
@@ -27,6 +31,30 @@ from pathlib import Path
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "orm_o01_v231.hl7"
 START_BLOCK = b"\x0b"
 END = b"\x1c\r"
+
+
+#: The sample's order identifiers, replaced per message so that each is a new order.
+ORDER_TOKENS = (
+    b"PL20261102001",
+    b"FL20261102001",
+    b"ACC26110001",
+    b"RP26110001",
+    b"SPS26110001",
+    b"20261102083015.1002341",
+)
+
+
+def new_order(tail: bytes, unique: int) -> bytes:
+    """``tail`` with the order's identifiers made unique (lengths within their VRs: an
+    accession is SH, 16 characters; a UID component has no leading zero)."""
+    for token in ORDER_TOKENS:
+        if token[:1].isdigit():  # the Study Instance UID's tail: one more component
+            new = token + b"." + str(unique + 1).encode()
+        else:  # PL/FL/ACC/RP/SPS + digits: keep the letters, new digits
+            letters = token.rstrip(b"0123456789")
+            new = letters + str(unique).zfill(10).encode()
+        tail = tail.replace(token, new)
+    return tail
 
 
 def message_template() -> tuple[bytes, bytes]:
@@ -83,6 +111,7 @@ async def run(
     rate: float,
     prefix: str,
     check_id: bool = True,
+    same_order: bool = False,
 ) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     head, tail = message_template()
@@ -111,7 +140,8 @@ async def run(
                 return
             cid = f"{prefix}{index:02d}{n:08d}".encode()
             n += 1
-            answer = await client.roundtrip(head + cid + tail)
+            body = tail if same_order else new_order(tail, index * 100_000_000 + n)
+            answer = await client.roundtrip(head + cid + body)
             done = time.perf_counter()
             if sent >= measure_from:
                 counts["sent"] += 1
@@ -164,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-check-id", action="store_true", help="the server answers a fixed MSA-2 (bare)"
     )
+    parser.add_argument(
+        "--same-order", action="store_true", help="send one order again and again (resends)"
+    )
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
     coro = run(
@@ -175,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rate,
         args.prefix,
         check_id=not args.no_check_id,
+        same_order=args.same_order,
     )
     if args.no_uvloop:
         result = asyncio.run(coro)

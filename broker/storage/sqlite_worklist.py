@@ -415,19 +415,22 @@ def apply_worklist_upsert(
                 item_changes.append(None)
             continue
         item_id, old = found
+        before = conn.execute("SELECT json FROM worklist_items WHERE id=?", (item_id,))
+        before_text: str = before.fetchone()[0]
         if effect.report_changes:  # for the order.updated event (the private "_changes")
-            before = conn.execute("SELECT json FROM worklist_items WHERE id=?", (item_id,))
-            item_changes.append(events.item_changes(json.loads(before.fetchone()[0]), row.item))
+            item_changes.append(events.item_changes(json.loads(before_text), row.item))
         if old == lifecycle.CANCELED:
             new = asked or lifecycle.SCHEDULED
         else:
             new = (lifecycle.transition(old, asked) if asked else None) or old
         if new != row.keys.status:
             row = _Row(_with_status(row.item, new))
+        updated += 1
+        if new == old and row.text == before_text:
+            continue  # sent again unchanged (RIS resends): nothing to re-encode or rewrite
         _replace(conn, item_id, row, effect.patient_key, now, journal_id)
         if new != old:
             _history(conn, item_id, old, new, "order updated", "hl7", journal_id, now)
-        updated += 1
     for ident, (item_id, old) in existing.items():
         if ident in seen or not lifecycle.is_active(old):
             continue

@@ -36,6 +36,8 @@ DEFAULT_MAX_BATCH = 512
 #: another layout is refused with a clear message instead of failing on a missing column.
 SCHEMA_VERSION = 1
 
+#: Under sustained load, background work (add_background) still runs this often.
+BACKGROUND_EVERY_S = 0.2
 #: How long a connection waits on a lock held by another process before failing.
 DEFAULT_BUSY_TIMEOUT_S = 10.0
 
@@ -88,6 +90,8 @@ class SqliteDatabase:
         self.units_committed = 0
         #: the synchronous level the writer connection has now (changed per batch)
         self._level = synchronous
+        self._background: list[Callable[[sqlite3.Connection], bool]] = []
+        self._background_at = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -192,10 +196,47 @@ class SqliteDatabase:
         result: T = self.submit(fn, durable=durable).result()
         return result
 
+    def add_background(self, fn: Callable[[sqlite3.Connection], bool]) -> None:
+        """Work the writer does in its own transaction when no request waits (and at least
+        every ``BACKGROUND_EVERY_S`` under load): ``fn(conn)`` returns True while it has more.
+        Its commits skip the fsync (like ``durable=False``): background work must be safe to
+        lose and redo. Register before :meth:`open`."""
+        self._background.append(fn)
+
+    def _run_background(self, conn: sqlite3.Connection) -> bool:
+        """One round of background work; True when some may remain."""
+        self._background_at = time.monotonic()
+        lazy = self._synchronous.upper() in ("FULL", "EXTRA")
+        if lazy and self._level != "NORMAL":
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._level = "NORMAL"
+        more = False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn in self._background:
+                more = fn(conn) or more
+            conn.execute("COMMIT")
+        except Exception:  # background work must never stop the writer
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            log.exception("background work on %s failed; will try again", self.path)
+            return False
+        return more
+
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
+        due = bool(self._background)  # e.g. work left by a process that died
         try:
             while True:
-                first = self._requests.get()
+                if due and time.monotonic() - self._background_at > BACKGROUND_EVERY_S:
+                    due = self._run_background(conn)  # under load: not starved
+                if due:
+                    try:
+                        first = self._requests.get_nowait()
+                    except queue.Empty:
+                        due = self._run_background(conn)
+                        continue
+                else:
+                    first = self._requests.get()
                 if first is _STOP:
                     return
                 batch: list[_Unit] = [first]  # type: ignore[list-item]
@@ -210,6 +251,7 @@ class SqliteDatabase:
                         break
                     batch.append(nxt)  # type: ignore[arg-type]
                 self._commit_batch(conn, batch)
+                due = bool(self._background)  # the batch may have left work for it
                 if stop:
                     return
         finally:
@@ -218,9 +260,7 @@ class SqliteDatabase:
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Unit]) -> None:
         results: list[tuple[_Unit, bool, Any]] = []
         # One durable unit makes the whole batch durable; otherwise skip the fsync.
-        lazy = self._synchronous.upper() in ("FULL", "EXTRA") and not any(
-            u.durable for u in batch
-        )
+        lazy = self._synchronous.upper() in ("FULL", "EXTRA") and not any(u.durable for u in batch)
         level = "NORMAL" if lazy else self._synchronous
         if level != self._level:
             try:

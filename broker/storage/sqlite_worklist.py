@@ -142,6 +142,11 @@ WORKLIST_SCHEMA = Schema(
             study_uid TEXT NOT NULL DEFAULT '',
             calling_ae TEXT NOT NULL DEFAULT ''
         )""",
+        # Items created by an order are encoded for C-FIND after their commit, off the ACK
+        # path (encode_pending); until then a query encodes them on the fly.
+        """CREATE TABLE IF NOT EXISTS worklist_pending_encode (
+            item_id INTEGER PRIMARY KEY
+        )""",
         # A table of its own rather than a column of worklist_events: CREATE ... IF NOT
         # EXISTS also upgrades a store written before it existed.
         """CREATE TABLE IF NOT EXISTS worklist_notices (
@@ -243,16 +248,25 @@ class _Row:
         return self._text
 
     def item_values(
-        self, order_key: str, patient_key: str, source: str, now: str, journal_id: int | None
+        self,
+        order_key: str,
+        patient_key: str,
+        source: str,
+        now: str,
+        journal_id: int | None,
+        *,
+        defer: bool = False,
     ) -> tuple[Any, ...]:
+        """The row's values; ``defer``: without the encodings (empty: encode_pending's)."""
         k = self.keys
         status = lifecycle.normalise_status(k.status)
+        encoded = (b"", b"", b"", b"") if defer else (
+            self.enc_i.blob, self.enc_i.layout, self.enc_e.blob, self.enc_e.layout)  # fmt: skip
         return (
             order_key, patient_key, k.accession, k.patient_id, k.issuer, k.patient_name,
             k.requested_procedure_id, k.step_id, k.study_uid, status,
-            int(lifecycle.is_active(status)), self.charset, self.text, self.enc_i.blob,
-            self.enc_i.layout, self.enc_e.blob, self.enc_e.layout, source, now, now,
-            None if lifecycle.is_active(status) else now, journal_id,
+            int(lifecycle.is_active(status)), self.charset, self.text, *encoded,
+            source, now, now, None if lifecycle.is_active(status) else now, journal_id,
         )  # fmt: skip
 
     def step_values(self, item_id: int) -> list[tuple[Any, ...]]:
@@ -271,13 +285,41 @@ def _insert(
     source: str,
     now: str,
     journal_id: int | None,
+    *,
+    defer: bool = False,
 ) -> int:
+    """Insert one item; ``defer``: its encodings come later (encode_pending)."""
     cur = conn.execute(
-        _INSERT_ITEM, row.item_values(order_key, patient_key, source, now, journal_id)
+        _INSERT_ITEM, row.item_values(order_key, patient_key, source, now, journal_id, defer=defer)
     )
     item_id = int(cur.lastrowid or 0)
     conn.executemany(_INSERT_STEP, row.step_values(item_id))
+    if defer:
+        conn.execute("INSERT INTO worklist_pending_encode (item_id) VALUES (?)", (item_id,))
     return item_id
+
+
+#: Items a background round encodes (one short transaction each).
+ENCODE_ROUND = 32
+
+
+def encode_pending(conn: sqlite3.Connection) -> bool:
+    """Encode items created with deferred encodings (SqliteDatabase background work, in its
+    transaction); True when more may wait. An item replaced meanwhile was encoded then."""
+    rows = conn.execute(
+        "SELECT p.item_id, i.json, i.charset, length(i.enc_i) FROM worklist_pending_encode p "
+        "LEFT JOIN worklist_items i ON i.id = p.item_id ORDER BY p.item_id LIMIT ?",
+        (ENCODE_ROUND,),
+    ).fetchall()
+    for item_id, text, charset, size in rows:
+        if text is not None and not size:
+            enc_i, enc_e = encode_both(json.loads(text), charset)
+            conn.execute(
+                "UPDATE worklist_items SET enc_i=?, lay_i=?, enc_e=?, lay_e=? WHERE id=?",
+                (enc_i.blob, enc_i.layout, enc_e.blob, enc_e.layout, item_id),
+            )
+        conn.execute("DELETE FROM worklist_pending_encode WHERE item_id=?", (item_id,))
+    return len(rows) == ENCODE_ROUND
 
 
 def _replace(
@@ -406,8 +448,9 @@ def apply_worklist_upsert(
             if not asked:
                 row = _Row(_with_status(row.item, lifecycle.SCHEDULED))
             item_id = _insert(
-                conn, row, effect.order_key, effect.patient_key, "hl7", now, journal_id
-            )
+                conn, row, effect.order_key, effect.patient_key, "hl7", now, journal_id,
+                defer=True,
+            )  # fmt: skip
             _history(conn, item_id, "", row.keys.status or lifecycle.SCHEDULED, "created",
                      "hl7", journal_id, now)  # fmt: skip
             created += 1
@@ -572,6 +615,7 @@ class SqliteWorklistStore:
         event of a linked item; the Enqueue it returns is queued in that transaction, a
         Skipped recorded (``worklist_notices``); None: nothing is sent, nothing recorded."""
         self.db = db
+        db.add_background(encode_pending)
         self.on_procedure_event = on_procedure_event
         # events for a bus (broker/storage/sqlite_events.py), queued in the MPPS transaction
         self.on_procedure_publish = on_procedure_publish
@@ -758,7 +802,17 @@ class SqliteWorklistStore:
     ) -> Iterator[tuple[Any, ...]]:
         """Rows (id, native charset, blob, layout[, json]) of active items meeting ``plan``."""
         sql, args = build_sql(plan, explicit=explicit, with_json=with_json)
-        return self.db.reader().execute(sql, args)
+        conn = self.db.reader()
+        for row in conn.execute(sql, args):
+            if row[2]:
+                yield row
+                continue
+            # created moments ago, not encoded yet (encode_pending): encode it now
+            text = row[4] if with_json else conn.execute(
+                "SELECT json FROM worklist_items WHERE id=?", (row[0],)).fetchone()[0]  # fmt: skip
+            enc_i, enc_e = encode_both(json.loads(text), row[1])
+            enc = enc_e if explicit else enc_i
+            yield (row[0], row[1], enc.blob, enc.layout, *row[4:])
 
     def get(self, item_id: int) -> dict[str, Any] | None:
         """One item with its bookkeeping (status, order, history), None when unknown."""

@@ -450,3 +450,27 @@ def test_change_history_is_kept_for_its_retention_only(rig: Rig) -> None:
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=400)
     assert purge_history(rig.db, 365, now=later) == 1
     assert rig.changes() == []
+
+
+def test_new_items_are_encoded_after_their_commit_and_answer_before_that(rig: Rig) -> None:
+    # The upsert leaves the C-FIND encodings to background work (off the ACK path); a query
+    # in between encodes the item on the fly, with the same answer.
+    from broker.storage.sqlite_worklist import encode_pending
+
+    rig.ok(sample("orm_o01_v231"))
+    deadline = time.monotonic() + 5
+    while rig.sql("SELECT COUNT(*) FROM worklist_pending_encode") != [(0,)]:
+        assert time.monotonic() < deadline, "background encoding did not run"
+        time.sleep(0.01)
+    encoded = rig.find(AccessionNumber="ACC26110001", PatientName="")
+    rig.db.write_sync(
+        lambda c: c.execute("UPDATE worklist_items SET enc_i=x'', lay_i=x'', enc_e=x'', lay_e=x''")
+    )
+    on_the_fly = rig.find(AccessionNumber="ACC26110001", PatientName="")
+    assert [str(d.PatientName) for d in on_the_fly] == [str(d.PatientName) for d in encoded]
+    assert on_the_fly == encoded
+    # a pending row left by a process that died is encoded by the next round
+    rig.db.write_sync(lambda c: c.execute("INSERT INTO worklist_pending_encode VALUES (1)"))
+    assert rig.db.write_sync(encode_pending) is False
+    (size,) = rig.sql("SELECT length(enc_i) FROM worklist_items")[0]
+    assert size > 0

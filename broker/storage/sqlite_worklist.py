@@ -87,8 +87,10 @@ WORKLIST_SCHEMA = Schema(
         "CREATE INDEX IF NOT EXISTS wl_items_patient ON worklist_items(patient_id, issuer)",
         "CREATE INDEX IF NOT EXISTS wl_items_name ON worklist_items(patient_name)",
         "CREATE INDEX IF NOT EXISTS wl_items_rp ON worklist_items(rp_id)",
-        "CREATE INDEX IF NOT EXISTS wl_items_sps ON worklist_items(sps_id)",
-        "CREATE INDEX IF NOT EXISTS wl_items_patient_key ON worklist_items(patient_key)",
+        # Not indexed (each index is written with every new item): sps_id (queries find a step
+        # through worklist_steps), patient_key (looked up by id only). Dropped from older files.
+        "DROP INDEX IF EXISTS wl_items_sps",
+        "DROP INDEX IF EXISTS wl_items_patient_key",
         """CREATE INDEX IF NOT EXISTS wl_items_finished ON worklist_items(finished_at)
             WHERE finished_at IS NOT NULL""",
         """CREATE TABLE IF NOT EXISTS worklist_steps (

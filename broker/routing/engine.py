@@ -191,11 +191,21 @@ class RouteEngine:
             return self._unmatched(message)
         # An order change is judged against the order as stored: before this message's own
         # worklist effects replace it (the store applies effects in order, in one transaction).
-        if any(isinstance(e, Publish) for e in effects):  # the events need the diffs
+        publishes = [e for e in effects if isinstance(e, Publish)]
+        if publishes:  # the events need the diffs
             effects = [
                 replace(e, report_changes=True) if isinstance(e, WorklistUpsert) else e
                 for e in effects
+                if not isinstance(e, Publish)
             ]
+            # several matched routes may publish: one Publish, or each event would go twice
+            effects.append(
+                Publish(
+                    tuple(dict.fromkeys(d for p in publishes for d in p.to)),
+                    next((p.result for p in publishes if p.result is not None), None),
+                    next((p.source for p in publishes if p.source is not None), None),
+                )
+            )
         # Events tell what the other effects did: they come last.
         effects.sort(key=lambda e: 0 if isinstance(e, OrderChange) else 2 if isinstance(
             e, Publish) else 1)  # fmt: skip

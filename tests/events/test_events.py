@@ -153,3 +153,22 @@ def test_events_tail_redacts_patient_values_unless_asked() -> None:
     assert shown["patient_id"] == "<redacted>" and shown["accession"] == "A1"
     assert shown["changes"] == {"patient_name": "<redacted>", "modality": "CT"}
     assert json.loads(_line(body, show_phi=True))["changes"]["patient_name"] == "DOE^JANE"
+
+
+def test_two_routes_publishing_make_one_set_of_events(tmp_path: Path) -> None:
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "r.yaml").write_text(
+        "routes:\n"
+        "  - name: a\n    match: {message_type: ORU}\n"
+        "    actions: [{publish: {to: events}}]\n    continue: true\n"
+        "  - name: b\n    match: {message_type: ORU}\n"
+        "    actions: [{publish: {to: [events, audit]}}]\n"
+    )
+    defs = load_definitions(routes, ROOT / "mappings")
+    r = Rig(tmp_path / "b.db", defs, {"events": "bus", "audit": "http"})
+    try:
+        r.ok(sample("oru_r01"))
+        assert r.sql("SELECT destination FROM outbox ORDER BY id") == [("events",), ("audit",)]
+    finally:
+        r.db.close()

@@ -235,8 +235,9 @@ def apply_order_change(
         detail["study_linked"] = linked
         stored = {_identity(json.loads(text)): (item_id, json.loads(text), study, performed, acc)
                   for item_id, text, _, study, performed, acc in rows}  # fmt: skip
-        # per study in the PACS: (accession it knows, study UIDs, changed attributes)
-        per_study: list[tuple[str, list[str], dict[str, str]]] = []
+        # per study in the PACS: (accession it knows, study UIDs, changed attributes); the
+        # steps of one requested procedure share a study: one correction for it
+        studies: dict[tuple[str, str, str], dict[str, str]] = {}
         if not effect.cancel:
             for new in new_items:
                 found = stored.get(_identity(new))
@@ -245,7 +246,10 @@ def apply_order_change(
                 _, old, study, performed, accession = found
                 diff = rc.order_changes(old, new)
                 if diff:
-                    per_study.append((accession, [performed, study], diff))
+                    studies.setdefault((accession, performed, study), {}).update(diff)
+        per_study = [(acc, [performed, study], diff)
+                     for (acc, performed, study), diff in studies.items()]  # fmt: skip
+        if not effect.cancel:
             detail["changes"] = [{"accession": acc, "after": diff} for acc, _, diff in per_study]
         concerns_pacs = bool(per_study) or effect.cancel
         for_hl7 = (

@@ -474,3 +474,22 @@ def test_new_items_are_encoded_after_their_commit_and_answer_before_that(rig: Ri
     assert rig.db.write_sync(encode_pending) is False
     (size,) = rig.sql("SELECT length(enc_i) FROM worklist_items")[0]
     assert size > 0
+
+
+def test_omi_xo_with_two_steps_names_the_one_study_once_per_step(orthanc_rig: Rig) -> None:
+    # OMI^O23 (v2.5.1, IHE RAD-4/13 with IPC): two scheduled steps of one requested procedure
+    order = sample("omi_o23_v251")
+    orthanc_rig.ok(order)
+    xo = (
+        order.replace("ORC|NW|", "ORC|XO|")
+        .replace("RIS26110300301", "RIS26110300302")
+        .replace("MRI KNEE JOINT W/O CONTRAST", "MRI KNEE JOINT WITH CONTRAST")
+    )
+    orthanc_rig.ok(xo)
+    ((_, _, _, payload),) = orthanc_rig.outbox()  # one study: one job, not one per step
+    body = job(payload)
+    assert (body["op"], body["accession"]) == ("update_order", "ACC26110021")
+    assert body["study_uids"] == ["1.2.826.0.1.3680043.2.1125.20261103091522.3009121"]
+    assert body["set"]["StudyDescription"] == "MRI KNEE JOINT WITH CONTRAST"
+    (change,) = [c for c in orthanc_rig.changes() if c["kind"] == "order.update"]
+    assert change["order"].endswith("PL20261103021")

@@ -124,14 +124,14 @@ def _summary(kind: str, detail: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def _patient_rows(conn: sqlite3.Connection, p: PatientRef) -> list[tuple[Any, ...]]:
     """The items of a patient: an empty issuer in the message matches any issuer (most RIS
-    send none); a given one must match."""
+    send none); a given one matches items of that issuer and items recorded without one."""
     sql = (
         "SELECT id, json, status, study_uid, performed_study_uid FROM worklist_items "
         "WHERE patient_id=?"
     )
     args: list[Any] = [p.patient_id]
     if p.issuer:
-        sql += " AND issuer=?"
+        sql += " AND issuer IN (?, '')"
         args.append(p.issuer)
     return conn.execute(sql + " ORDER BY id", args).fetchall()
 

@@ -493,3 +493,17 @@ def test_omi_xo_with_two_steps_names_the_one_study_once_per_step(orthanc_rig: Ri
     assert body["set"]["StudyDescription"] == "MRI KNEE JOINT WITH CONTRAST"
     (change,) = [c for c in orthanc_rig.changes() if c["kind"] == "order.update"]
     assert change["order"].endswith("PL20261103021")
+
+
+def test_an_issuer_in_the_adt_matches_items_recorded_without_one(rig: Rig) -> None:
+    rig.ok(sample("orm_o01_v231").replace("MR100234^^^HOSP^MR", "MR100234"))
+    rig.ok(sample("adt_a08"))  # PID-3 MR100234^^^HOSP
+    (only,) = rig.items()
+    assert value(only["item"], "00100030") == "19580321"
+    # an item recorded with an issuer does not match another issuer's patient of that ID
+    rig.ok(sample("orm_o01_v231").replace("MR100234^^^HOSP^MR", "MR7^^^HOSP")
+           .replace("RIS26110200101", "R7").replace("PL20261102001", "PL7")
+           .replace("1002341^RIS", "1002347^RIS"))  # fmt: skip
+    other = sample("adt_a08").replace("MR100234^^^HOSP^MR", "MR7^^^OTHER^MR")
+    rig.ok(other.replace("EHR26110200087", "EHR-OTHER"))
+    assert "unknown patient" in rig.changes()[-1]["detail"]["warning"]

@@ -86,3 +86,14 @@ def test_check_refuses_a_missing_routes_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["check", "--config", str(path)])
     assert result.exit_code == 1
     assert f"{tmp_path / 'no-such-routes'}: routes: found no such folder" in result.output
+
+
+def test_attempt_timeout_is_a_destination_key(tmp_path: Path) -> None:
+    from broker.delivery.worker import WorkerOptions
+
+    assert WorkerOptions.from_mapping("d", {"attempt_timeout_s": 600}).attempt_timeout_s == 600
+    config = config_in(
+        tmp_path, "destinations: {pacs: {type: mllp, port: 2576, attempt_timeout_s: 0}}\n"
+    )
+    result = CliRunner().invoke(main, ["check", "--config", str(config)])
+    assert result.exit_code == 1 and "destinations.pacs.attempt_timeout_s" in result.output

@@ -122,8 +122,8 @@ class WorkerOptions:
 
     @classmethod
     def from_mapping(cls, where: str, data: Mapping[str, Any]) -> WorkerOptions:
-        """Read ``ordering``, ``retry``, ``concurrency``, ``run`` and ``probe_interval_s``;
-        other keys belong to the type."""
+        """Read ``ordering``, ``retry``, ``concurrency``, ``run``, ``attempt_timeout_s`` and
+        ``probe_interval_s``; other keys belong to the type."""
         raw = data.get("ordering", Ordering.DESTINATION.value)
         try:
             ordering = Ordering(raw)
@@ -143,11 +143,17 @@ class WorkerOptions:
         run = data.get("run", DEFAULT_RUN)
         if isinstance(run, bool) or not isinstance(run, int) or not 1 <= run <= MAX_RUN:
             raise ConfigError(f"{where}.run: found {run!r}; expected 1 to {MAX_RUN}")
+        timeout = data.get("attempt_timeout_s", DEFAULT_ATTEMPT_TIMEOUT_S)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError(
+                f"{where}.attempt_timeout_s: found {timeout!r}; expected a number of seconds > 0"
+            )
         return cls(
             ordering=ordering,
             retry=retry,
             concurrency=concurrency,
             run=run,
+            attempt_timeout_s=float(timeout),
             probe_interval_s=float(probe),
         )
 

@@ -498,14 +498,14 @@ class DestinationWorker:
         self.counters.failing_since = 0.0
 
     async def _ack(self, ids: Sequence[int]) -> None:
-        """Record deliveries (in one group commit: the writes are queued together)."""
-        results = await asyncio.gather(
-            *(self.queue.ack(self.owner, i) for i in ids), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                # The lease then expires and the entry is sent again: at least once.
-                log.error("destination %s: cannot record a delivery: %s", self.name, result)
+        """Record a run's deliveries in one step."""
+        if not ids:
+            return
+        try:
+            await self.queue.ack_many(self.owner, ids)
+        except Exception as exc:
+            # The leases then expire and the entries are sent again: at least once.
+            log.error("destination %s: cannot record %d deliveries: %s", self.name, len(ids), exc)
 
     async def _record(self, write: Awaitable[Any]) -> None:
         try:

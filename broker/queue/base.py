@@ -188,6 +188,11 @@ class DeliveryQueue(Protocol):
         owner has it now; its outcome wins)."""
         ...
 
+    async def ack_many(self, owner: str, ids: Sequence[int]) -> set[int]:
+        """:meth:`ack` for several entries in one step (a run's deliveries); returns the ids
+        acknowledged (those whose lease the owner still held)."""
+        ...
+
     async def retry_later(self, owner: str, entry_id: int, error: str, not_before: float) -> bool:
         """Record a failed attempt; the entry (and its lane) waits until ``not_before``."""
         ...

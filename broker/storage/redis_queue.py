@@ -31,6 +31,7 @@ and cjson keep only 14 significant digits, too few for an epoch time in microsec
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -834,6 +835,12 @@ class RedisQueue:
 
     async def ack(self, owner: str, entry_id: int) -> bool:
         return await self._outcome("ack", self._ack, entry_id, owner, entry_id, _num(self.clock()))
+
+    async def ack_many(self, owner: str, ids: Sequence[int]) -> set[int]:
+        # One script call per entry (each is atomic on its own); sent concurrently, so the
+        # client pipelines them over its connections.
+        done = await asyncio.gather(*(self.ack(owner, i) for i in ids))
+        return {i for i, ok in zip(ids, done, strict=True) if ok}
 
     async def retry_later(self, owner: str, entry_id: int, error: str, not_before: float) -> bool:
         now = _num(self.clock())

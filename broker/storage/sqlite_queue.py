@@ -199,6 +199,22 @@ class SqliteQueue:
         )
         return changed == 1
 
+    async def ack_many(self, owner: str, ids: Sequence[int]) -> set[int]:
+        if not ids:
+            return set()
+        now = self.clock()
+        marks = ",".join("?" * len(ids))
+        sql = (
+            "UPDATE outbox SET state = 'delivered', finished_at = ?, last_attempt_at = ?,"
+            f" due_at = 0, lease_owner = '' WHERE id IN ({marks}) AND lease_owner = ?"
+            " AND state = 'in_flight' RETURNING id"
+        )
+
+        def ack(conn: sqlite3.Connection) -> set[int]:
+            return {row[0] for row in conn.execute(sql, (now, now, *ids, owner)).fetchall()}
+
+        return await self.db.write(ack, durable=False)  # as ack(): a lost ack re-sends
+
     async def retry_later(self, owner: str, entry_id: int, error: str, not_before: float) -> bool:
         now = self.clock()
         changed = await self._update(

@@ -316,3 +316,16 @@ async def test_entries_lists_states_oldest_first(
     assert ids(await q.entries("pacs", states=[State.IN_FLIGHT])) == e[:1]
     assert ids(await q.entries(None, states=[State.READY])) == e[1:]
     assert await q.entries("pacs", states=[State.DELIVERED]) == []
+
+
+async def test_ack_many_acks_what_the_owner_still_holds(queue_backend: Backend) -> None:
+    q = await queue_backend.open()
+    ids = [await q.enqueue(Enqueue("pacs", f"M{n}".encode(), "P1")) for n in range(4)]
+    run = await q.claim("pacs", A, run=4, lease_s=30)
+    assert [e.id for e in run] == ids
+    assert await q.ack_many(A, []) == set()
+    assert await q.ack_many(B, ids[:2]) == set()  # not B's leases
+    assert await q.ack_many(A, ids[:3]) == set(ids[:3])
+    assert await q.ack_many(A, ids[:3]) == set()  # already delivered
+    states = [(await q.get(i)).state for i in ids]  # type: ignore[union-attr]
+    assert states == [State.DELIVERED] * 3 + [State.IN_FLIGHT]

@@ -93,7 +93,7 @@ def check(config: Path | None) -> None:
     )
     from broker.routing import check as run_check
 
-    report = run_check(settings.routes_dir, settings.mappings_dir, settings.destinations.keys())
+    report = run_check(settings.routes_dir, settings.mappings_dir, settings.destination_types())
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
     for error in report.errors:

@@ -97,3 +97,18 @@ def test_attempt_timeout_is_a_destination_key(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(main, ["check", "--config", str(config)])
     assert result.exit_code == 1 and "destinations.pacs.attempt_timeout_s" in result.output
+
+
+def test_check_warns_when_a_destination_type_cannot_take_an_action(tmp_path: Path) -> None:
+    config = config_in(
+        tmp_path,
+        "destinations:\n"
+        "  ehr: {type: bus, url: 'amqp://u:p@127.0.0.1:5672//'}\n"
+        "  events: {type: mllp, port: 2999}\n",
+    )
+    result = CliRunner().invoke(main, ["check", "--config", str(config)])
+    assert result.exit_code == 0, result.output  # warnings, not errors
+    assert "destination 'ehr' is of type bus, which a forward action cannot send to" in (
+        result.output
+    )
+    assert "destination 'events' is of type mllp, which a publish action" in result.output

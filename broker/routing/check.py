@@ -9,7 +9,7 @@ message, the ACK code, the status change, or the errors.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from broker.hl7.message import Message
 from broker.ingest.decision import Router
 from broker.mapping import DicomMapping, MappingFault, parse_path
 from broker.mapping.vr import UnknownKeyword, resolve_attribute
-from broker.routing.engine import RouteEngine
+from broker.routing.engine import EVENT_TYPES, HL7_TYPES, JOB_TYPES, RouteEngine
 from broker.routing.loader import Definitions, load_all
 from broker.routing.yamlsource import line_of, load_model
 from broker.worklist.status_message import check_order_status
@@ -81,21 +81,35 @@ class CheckReport:
         return not self.errors
 
 
+#: Which destination types each action can send to (routing/engine.py's rules).
+_ACCEPTS = {
+    "forward": HL7_TYPES,
+    "reconcile": HL7_TYPES | JOB_TYPES,
+    "publish": EVENT_TYPES,
+}
+
+
 def read_message(path: Path) -> Message:
     """Read an HL7 file, decoding it by its MSH-18."""
     return Message.parse(decode_frame(path.read_bytes()).text)
 
 
 def check(
-    routes_dir: Path | str, mappings_dir: Path | str, destinations: Collection[str] = ()
+    routes_dir: Path | str,
+    mappings_dir: Path | str,
+    destinations: Mapping[str, str] | Collection[str] = (),
 ) -> CheckReport:
-    """Load and cross-check all files, run the mapping tests; never raises for bad files."""
+    """Load and cross-check all files, run the mapping tests; never raises for bad files.
+
+    ``destinations``: name → type (or bare names): an action sending to a destination whose
+    type cannot take it (a forward to a bus, a publish to an mllp peer) is a warning."""
     report = CheckReport()
     defs, errors = load_all(Path(routes_dir), Path(mappings_dir))
     report.errors.extend(errors)
     if defs is None:
         return report
     dests = set(destinations)
+    types: dict[str, str] = dict(destinations) if isinstance(destinations, Mapping) else {}
     for route in defs.routes:
         path = defs.route_files.get(route.name)
         for action in route.actions:
@@ -108,12 +122,19 @@ def check(
                 if action.publish is not None
                 else []
             )
+            accepts = _ACCEPTS.get(action.kind, frozenset())
             for d in names:
+                where = f"{path}:{defs.route_lines.get(route.name, 1)}: route {route.name!r}"
                 if d not in dests:
                     report.warnings.append(
-                        f"{path}:{defs.route_lines.get(route.name, 1)}: route {route.name!r}: "
-                        f"destination {d!r} is not configured; the {action.kind} action will be "
-                        "skipped (DESIGN §6a)"
+                        f"{where}: destination {d!r} is not configured; the {action.kind} "
+                        "action will be skipped (DESIGN §6a)"
+                    )
+                elif types.get(d, "mllp") not in accepts:
+                    report.warnings.append(
+                        f"{where}: destination {d!r} is of type {types[d]}, which a "
+                        f"{action.kind} action cannot send to (expected a type of "
+                        f"{', '.join(sorted(accepts))}); nothing will be sent there"
                     )
     # Mapping tests run as the embedded default does (no destinations), so their expected
     # Skipped/Enqueue effects do not depend on the config they are checked against.

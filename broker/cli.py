@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import sys
@@ -235,18 +234,7 @@ def journal_ls(config: Path | None, limit: int, status: str | None, as_json: boo
     db, store = _open_journal(config)
     try:
         for entry in store.recent(limit, status=status):
-            row = {
-                "id": entry.id,
-                "received": _time(entry.received_at),
-                "listener": entry.listener,
-                "sender": entry.sender,
-                "control_id": entry.control_id,
-                "type": entry.message_type,
-                "version": entry.version,
-                "status": entry.status,
-                "ack": entry.ack_code,
-                "route": entry.route,
-            }
+            row = entry.summary()
             if as_json:
                 click.echo(json.dumps(row))
             else:
@@ -269,24 +257,8 @@ def journal_show(config: Path | None, journal_id: int, show_phi: bool) -> None:
         entry = store.get(journal_id)
         if entry is None:
             raise click.ClickException(f"no journal entry {journal_id}")
-        info = {
-            "id": entry.id,
-            "received": _time(entry.received_at),
-            "listener": entry.listener,
-            "peer": entry.peer,
-            "sender": entry.sender,
-            "control_id": entry.control_id,
-            "type": entry.message_type,
-            "version": entry.version,
-            "charset": entry.charset,
-            "status": entry.status,
-            "ack": entry.ack_code,
-            "route": entry.route,
-            "detail": entry.detail,
-        }
-        if show_phi:
-            info["message"] = entry.raw.decode("latin-1").replace("\r", "\n")
-        else:
+        info = entry.details(show_phi=show_phi)
+        if not show_phi:
             info["message"] = f"<{len(entry.raw)} bytes redacted; use --show-phi>"
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
     finally:
@@ -303,10 +275,6 @@ def _register_groups() -> None:
 
 
 _register_groups()
-
-
-def _time(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import click
 
 from broker.config import Settings
-from broker.delivery.worker import describe
-from broker.hl7.header import HeaderError, parse_header
-from broker.queue import DeliveryQueue, Entry, Selection
+from broker.delivery.worker import describe, entry_label
+from broker.ingest.journal import utc_text
+from broker.queue import DeliveryQueue, Selection
 
 T = TypeVar("T")
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -57,30 +57,6 @@ def _age(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02}m"
     return f"{s // 86400}d{s % 86400 // 3600:02}h"
-
-
-def _time(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ts else ""
-
-
-def _message_id(entry: Entry) -> str:
-    """What the analyst searches for: the message type and MSH-10; for JSON (events,
-    reconciliation jobs) the type or op and the id. Never patient data."""
-    if entry.content_type.endswith("json"):
-        try:
-            body = json.loads(entry.payload)
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            kind = body.get("type") or body.get("op") or "?"
-            return f"{kind} {body.get('id', '')}".strip()
-        return f"<{len(entry.payload)} bytes {entry.content_type}>"
-    try:
-        header = parse_header(entry.payload[:4096].decode("latin-1"))
-    except HeaderError:
-        return f"<{len(entry.payload)} bytes {entry.content_type}>"
-    kind = "^".join(p for p in (header.message_type, header.trigger) if p)
-    return f"{kind} {header.control_id}".strip()
 
 
 def _known(settings: Settings, queue: DeliveryQueue, destination: str) -> None:
@@ -124,15 +100,15 @@ def register(
             kind = conf.type if conf is not None else "(gone)"
             detail = ""
             if state == "retrying":
-                detail = f"since {_time(since)}, {attempts} attempts"
+                detail = f"since {utc_text(since)}, {attempts} attempts"
             elif state == "paused":
-                detail = f"since {_time(since)}"
+                detail = f"since {utc_text(since)}"
             if as_json:
                 row = {
                     "destination": name,
                     "type": kind,
                     "state": state,
-                    "since": _time(since),
+                    "since": utc_text(since),
                     "attempts": attempts,
                     "depth": s.depth,
                     "ready": s.ready,
@@ -167,11 +143,11 @@ def register(
                 row: dict[str, Any] = {
                     "id": e.id,
                     "destination": e.destination,
-                    "message": _message_id(e),
+                    "message": entry_label(e),
                     "ordering_key": key,
                     "attempts": e.attempts,
-                    "queued_at": _time(e.created_at),
-                    "dead_at": _time(e.finished_at),
+                    "queued_at": utc_text(e.created_at),
+                    "dead_at": utc_text(e.finished_at),
                     "last_error": e.last_error,
                     "journal_id": e.journal_id,
                 }
@@ -180,8 +156,8 @@ def register(
                 click.echo(json.dumps(row, ensure_ascii=False))
             else:
                 click.echo(
-                    f"{e.id:>8} {e.destination:<12} {_time(e.finished_at)} {e.attempts:>3}x "
-                    f"{_message_id(e):<24} {key:<12} {e.last_error}"
+                    f"{e.id:>8} {e.destination:<12} {utc_text(e.finished_at)} {e.attempts:>3}x "
+                    f"{entry_label(e):<24} {key:<12} {e.last_error}"
                 )
                 if show_phi:
                     click.echo("    " + e.payload.decode("latin-1").replace("\r", "\n    "))

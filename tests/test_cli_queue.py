@@ -153,14 +153,14 @@ def test_states_are_strings_in_json() -> None:
 
 
 def test_dead_json_entries_show_their_op_or_type_and_id(tmp_path: Path) -> None:
-    from broker.cli_queue import _message_id
+    from broker.delivery.worker import entry_label
     from broker.queue import Entry
 
     job = Entry(1, "pacs", b'{"op":"update_patient","id":"rc-7","set":{"PatientName":"X"}}',
                 content_type="application/vnd.broker.reconcile+json")  # fmt: skip
     event = Entry(2, "events", b'{"type":"order.scheduled","id":"evt-1-1"}',
                   content_type="application/json")  # fmt: skip
-    assert _message_id(job) == "update_patient rc-7"  # and not the patient's name
-    assert _message_id(event) == "order.scheduled evt-1-1"
+    assert entry_label(job) == "update_patient rc-7"  # and not the patient's name
+    assert entry_label(event) == "order.scheduled evt-1-1"
     broken = Entry(3, "events", b"{not json", content_type="application/json")
-    assert _message_id(broken) == "<9 bytes application/json>"
+    assert entry_label(broken) == "<9 bytes application/json>"

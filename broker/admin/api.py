@@ -21,12 +21,13 @@ never leaves by default; ``show_phi=1`` is honoured only when the config allows 
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from broker.delivery.worker import entry_label
+from broker.ingest.journal import utc_text
 from broker.queue import Selection
 from broker.reconcile.service import SweepError, run_sweep
 from broker.worklist.summary import redact, summary_row
@@ -44,10 +45,6 @@ log = logging.getLogger(__name__)
 
 #: Largest ``limit`` a list endpoint takes.
 MAX_LIMIT = 1000
-
-
-def _time(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ts else ""
 
 
 def _error(status: int, text: str) -> web.Response:
@@ -143,7 +140,7 @@ class AdminApi:
                     "destination": name,
                     "type": s.type,
                     "state": s.state,
-                    "since": _time(s.since),
+                    "since": utc_text(s.since),
                     "attempts": s.attempts,
                     "depth": s.depth,
                     "in_flight": s.in_flight,
@@ -151,7 +148,7 @@ class AdminApi:
                     "oldest_age_s": round(s.oldest_age_s, 1) if s.depth else 0.0,
                     "delivered": s.delivered,
                     "retried": s.retried,
-                    "as_of": _time(now),
+                    "as_of": utc_text(now),
                 }
             )
         return web.json_response(rows)
@@ -165,17 +162,15 @@ class AdminApi:
 
     @staticmethod
     def _dead_row(e: Entry, show_phi: bool) -> dict[str, Any]:
-        from broker.cli_queue import _message_id
-
         row: dict[str, Any] = {
             "id": e.id,
-            "message": _message_id(e),
+            "message": entry_label(e),
             "ordering_key": e.ordering_key
             if show_phi
             else ("<redacted>" if e.ordering_key else ""),
             "attempts": e.attempts,
-            "queued_at": _time(e.created_at),
-            "dead_at": _time(e.finished_at),
+            "queued_at": utc_text(e.created_at),
+            "dead_at": utc_text(e.finished_at),
             "last_error": e.last_error,  # as `broker queue dead` shows it
             "journal_id": e.journal_id,
         }
@@ -219,23 +214,7 @@ class AdminApi:
         limit = _limit(request, 50)
         status = request.query.get("status") or None
         entries = await asyncio.to_thread(self.journal.recent, limit, status=status)
-        return web.json_response(
-            [
-                {
-                    "id": e.id,
-                    "received": _time(e.received_at),
-                    "listener": e.listener,
-                    "sender": e.sender,
-                    "control_id": e.control_id,
-                    "type": e.message_type,
-                    "version": e.version,
-                    "status": e.status,
-                    "ack": e.ack_code,
-                    "route": e.route,
-                }
-                for e in entries
-            ]
-        )
+        return web.json_response([e.summary() for e in entries])
 
     async def message(self, request: web.Request) -> web.Response:
         try:
@@ -246,23 +225,7 @@ class AdminApi:
         entry = await asyncio.to_thread(self.journal.get, journal_id)
         if entry is None:
             return _error(404, f"no journal entry {journal_id}")
-        body: dict[str, Any] = {
-            "id": entry.id,
-            "received": _time(entry.received_at),
-            "listener": entry.listener,
-            "peer": entry.peer,
-            "sender": entry.sender,
-            "control_id": entry.control_id,
-            "type": entry.message_type,
-            "version": entry.version,
-            "charset": entry.charset,
-            "status": entry.status,
-            "ack": entry.ack_code,
-            "route": entry.route,
-            "detail": entry.detail,
-        }
-        if show_phi:
-            body["message"] = entry.raw.decode("latin-1").replace("\r", "\n")
+        body = entry.details(show_phi=show_phi)
         return web.json_response(body)
 
     async def items(self, request: web.Request) -> web.Response:

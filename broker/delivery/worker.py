@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import random
@@ -51,6 +52,7 @@ from broker.delivery.destinations import (
     build_destination,
 )
 from broker.errors import ConfigError
+from broker.hl7.header import HeaderError, parse_header
 from broker.logs import phi
 from broker.queue.base import (
     DEFAULT_KEEP_DELIVERED_S,
@@ -519,6 +521,26 @@ class DestinationWorker:
         if left:
             await self._record(self.queue.release(self.owner, left))
         self._held.difference_update(run)
+
+
+def entry_label(entry: Entry) -> str:
+    """What the analyst searches for: the message type and MSH-10; for JSON (events,
+    reconciliation jobs) the type or op and the id. Never patient data."""
+    if entry.content_type.endswith("json"):
+        try:
+            body = json.loads(entry.payload)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            kind = body.get("type") or body.get("op") or "?"
+            return f"{kind} {body.get('id', '')}".strip()
+        return f"<{len(entry.payload)} bytes {entry.content_type}>"
+    try:
+        header = parse_header(entry.payload[:4096].decode("latin-1"))
+    except HeaderError:
+        return f"<{len(entry.payload)} bytes {entry.content_type}>"
+    kind = "^".join(p for p in (header.message_type, header.trigger) if p)
+    return f"{kind} {header.control_id}".strip()
 
 
 def _by_lane(entries: Sequence[Entry], ordering: Ordering) -> dict[str, list[Entry]]:

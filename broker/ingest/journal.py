@@ -7,6 +7,7 @@ durable in one atomic step, and only then may the caller send AA.
 
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,6 +59,37 @@ class JournalEntry:
     route: str | None
     detail: dict[str, Any] = field(default_factory=dict)
     raw: bytes = b""
+
+    def summary(self) -> dict[str, Any]:
+        """The row ``journal ls`` and ``GET /messages`` show (no patient data)."""
+        return {
+            "id": self.id,
+            "received": utc_text(self.received_at),
+            "listener": self.listener,
+            "sender": self.sender,
+            "control_id": self.control_id,
+            "type": self.message_type,
+            "version": self.version,
+            "status": self.status,
+            "ack": self.ack_code,
+            "route": self.route,
+        }
+
+    def details(self, *, show_phi: bool) -> dict[str, Any]:
+        """What ``journal show`` and ``GET /messages/{id}`` show; the HL7 text (patient
+        data) only with ``show_phi``."""
+        out = self.summary()
+        out.update(peer=self.peer, charset=self.charset, detail=self.detail)
+        if show_phi:
+            out["message"] = self.raw.decode("latin-1").replace("\r", "\n")
+        return out
+
+
+def utc_text(ts: float) -> str:
+    """A time.time() value as ``YYYY-MM-DDTHH:MM:SSZ`` ('' for 0)."""
+    if not ts:
+        return ""
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Journal(Protocol):

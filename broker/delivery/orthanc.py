@@ -65,6 +65,7 @@ from broker.delivery.destinations import (
 )
 from broker.delivery.orthanc_spool import Kept, Spool
 from broker.errors import ConfigError
+from broker.logs import phi
 from broker.queue.base import Entry
 
 log = logging.getLogger(__name__)
@@ -516,7 +517,7 @@ class OrthancDestination(Closing):
                 log.error(
                     "destination %s: Orthanc refuses the spooled copy %s (%s); it is kept as "
                     "%s.rejected for the analyst",
-                    self.name, kept.key, exc, kept.key,
+                    self.name, kept.key, phi(exc), kept.key,  # Orthanc's text may quote tags
                 )  # fmt: skip
                 continue
             except BaseException:

@@ -59,6 +59,8 @@ _key = key_of
 
 
 _PATIENT_KEYS = {_key(k): k for k in PATIENT_KEYWORDS}
+#: The DICOM JSON keys of PATIENT_KEYWORDS: all that with_patient can change.
+PATIENT_JSON_KEYS = tuple(_PATIENT_KEYS)
 _ORDER_KEYS = {_key(k): k for k in ORDER_KEYWORDS}
 
 
@@ -192,6 +194,7 @@ __all__ = [
     "IDENTITY_KEYWORDS",
     "JOB_CONTENT_TYPE",
     "ORDER_KEYWORDS",
+    "PATIENT_JSON_KEYS",
     "PATIENT_KEYWORDS",
     "changed",
     "job",

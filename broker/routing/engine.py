@@ -345,7 +345,7 @@ class RouteEngine:
                 payload = encode_text(text, charset)
             except Exception:
                 payload = text.encode("utf-8")
-            key = ordering(Scope(message))
+            key = ordering(route_scope)
             effects: list[Effect] = []
             results: list[dict[str, Any]] = []
             for dest in to:
@@ -431,21 +431,19 @@ class RouteEngine:
             mt, trigger = message.message_type, message.trigger
             if mt == "ADT" and trigger in _PATIENT_KINDS:
                 kind = _PATIENT_KINDS[trigger]
-                change = self._patient_change(message, kind, demo_map, warnings)
+                change = self._patient_change(message, route_scope, kind, demo_map, warnings)
                 hl7, jobs = targets(results, effects)
-                key = ordering(Scope(message))
-                change = PatientChange(
-                    kind,
-                    change.patient,
-                    change.demographics,
-                    change.target,
-                    outbound(message, hl7, key, warnings),
-                    tuple(jobs),
-                    action.unknown,
-                    change.hl7_location,
-                    key,
+                key = ordering(route_scope)
+                effects.insert(
+                    0,
+                    replace(
+                        change,
+                        outbound=outbound(message, hl7, key, warnings),
+                        jobs_to=tuple(jobs),
+                        unknown=action.unknown,
+                        ordering_key=key,
+                    ),
                 )
-                effects.insert(0, change)
                 desc["patient"] = kind
             elif mt in ("ORM", "OMI") and _ORC_1(route_scope) in (_ORDER_CHANGE | _ORDER_END):
                 control = _ORC_1(route_scope)
@@ -460,7 +458,7 @@ class RouteEngine:
                     s.vars["order_status"] = "SCHEDULED"
                     orders.setdefault(s.vars["order_key"], []).append(items_map.build(s, warnings))
                 hl7, jobs = targets(results, effects)
-                key = ordering(Scope(message))
+                key = ordering(route_scope)
                 effects.insert(
                     0,
                     OrderChange(
@@ -494,20 +492,19 @@ class RouteEngine:
         return run
 
     def _patient_change(
-        self, message: Message, kind: str, mapping: object, warnings: list[str]
+        self, message: Message, scope: Scope, kind: str, mapping: object, warnings: list[str]
     ) -> PatientChange:
         """The patient, the target (merge/rename) and the demographics of an ADT message."""
         if not isinstance(mapping, DicomMapping):
             raise MappingFault(
                 207, "", "reconcile action of an ADT message needs demographics: (a dicom mapping)"
             )
-        dataset = rc.patient_attributes(mapping.build(Scope(message), warnings))
+        dataset = rc.patient_attributes(mapping.build(scope, warnings))
         pid = rc.patient_of(dataset)
         if not pid.patient_id:
             raise MappingFault(101, "PID^1^3", "PID-3 patient identifier missing")
         if kind == "update":
             return PatientChange(kind, pid, dataset)
-        scope = Scope(message)
         if not message.segments("MRG"):
             raise MappingFault(
                 100,

@@ -126,8 +126,8 @@ def _patient_rows(conn: sqlite3.Connection, p: PatientRef) -> list[tuple[Any, ..
     """The items of a patient: an empty issuer in the message matches any issuer (most RIS
     send none); a given one matches items of that issuer and items recorded without one."""
     sql = (
-        "SELECT id, json, status, study_uid, performed_study_uid FROM worklist_items "
-        "WHERE patient_id=?"
+        "SELECT id, json, status, study_uid, performed_study_uid, patient_key "
+        "FROM worklist_items WHERE patient_id=?"
     )
     args: list[Any] = [p.patient_id]
     if p.issuer:
@@ -159,26 +159,19 @@ def apply_patient_change(
     target_key = f"{target.patient_id}^{target.issuer}" if target is not None else ""
     changed_items: list[dict[str, Any]] = []
     studies: set[str] = set()
-    for item_id, text, status, study_uid, performed in rows:
+    for item_id, text, status, study_uid, performed, patient_key in rows:
         active = lifecycle.is_active(status)
         if effect.kind == "update" and not active:
             continue  # history keeps the demographics it was performed with
         old = json.loads(text)
         demographics = effect.demographics if active else {}
         new = rc.with_patient(old, demographics, target)
-        diff = rc.changed(old, new, old.keys() | new.keys())
+        diff = rc.changed(old, new, rc.PATIENT_JSON_KEYS)  # all with_patient can change
         if status in _PERFORMED or performed:
             studies.add(performed or study_uid)
         if not diff:
             continue
-        row = _Row(new)
-        patient_key = (
-            target_key
-            or conn.execute(
-                "SELECT patient_key FROM worklist_items WHERE id=?", (item_id,)
-            ).fetchone()[0]
-        )
-        _replace(conn, item_id, row, patient_key, now, journal_id)
+        _replace(conn, item_id, _Row(new), target_key or patient_key, now, journal_id)
         _history(conn, item_id, status, status, f"patient {effect.kind}", "hl7", journal_id, now)
         changed_items.append(
             {"item": item_id, "before": {k: rc.plain(old.get(rc.key_of(k))) for k in diff},

@@ -121,8 +121,10 @@ def for_item(
     changes: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     source: str | None = None,
+    study_instance_uid: str = "",
 ) -> bytes:
-    """An order or procedure event about one worklist item."""
+    """An order or procedure event about one worklist item (``study_instance_uid``: the
+    study to name instead of the item's, e.g. the one an MPPS performed)."""
     d = dict(item)
     return build(
         type_,
@@ -131,7 +133,7 @@ def for_item(
         accession=wi.first_text(d, wi.ACCESSION_NUMBER),
         patient_id=wi.first_text(d, wi.PATIENT_ID),
         issuer=wi.first_text(d, wi.ISSUER_OF_PATIENT_ID),
-        study_instance_uid=wi.first_text(d, wi.STUDY_INSTANCE_UID),
+        study_instance_uid=study_instance_uid or wi.first_text(d, wi.STUDY_INSTANCE_UID),
         changes=changes,
         extra=extra,
         source=source,

@@ -21,7 +21,6 @@ never leaves by default; ``show_phi=1`` is honoured only when the config allows 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
     from broker.storage.sqlite import SqliteDatabase
     from broker.storage.sqlite_journal import SqliteJournal
     from broker.storage.sqlite_worklist import SqliteWorklistStore
-
-log = logging.getLogger(__name__)
 
 #: Largest ``limit`` a list endpoint takes.
 MAX_LIMIT = 1000

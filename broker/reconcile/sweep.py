@@ -18,6 +18,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from broker.errors import BrokerError
+from broker.reconcile.changes import key_of, plain
 from broker.worklist import item as wi
 
 #: What the sweep compares: field name → (DICOM keyword in the study, in the order item).
@@ -244,7 +245,7 @@ def compare(studies: Iterable[Study], lookup: Lookup) -> SweepReport:
         item_id, item, _ = chosen
         for name, (_, order_kw) in COMPARED.items():
             pacs_value = getattr(study, name)
-            order_value = _item_text(item, order_kw)
+            order_value = plain(item.get(key_of(order_kw)))
             if name == "issuer" and not (pacs_value and order_value):
                 continue  # most PACS and RIS leave it empty: only two values can disagree
             if name == "procedure" and not (pacs_value and order_value):
@@ -256,18 +257,6 @@ def compare(studies: Iterable[Study], lookup: Lookup) -> SweepReport:
                     )
                 )
     return report
-
-
-def _item_text(item: dict[str, Any], keyword: str) -> str:
-    from pydicom.datadict import tag_for_keyword
-
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        return ""
-    return "\\".join(
-        wi.pn_to_text(v) if isinstance(v, dict) else str(v)
-        for v in (wi.element(item, tag) or {}).get("Value") or []
-    )
 
 
 __all__ = [

@@ -79,6 +79,15 @@ ActionFn = Callable[["Message", Scope], ActionResult]
 _HEADER_ATTRS = ("message_type", "trigger", "version", "sending_app", "sending_facility")
 
 
+def _encoded(text: str, message: Message) -> bytes:
+    """An outbound message in the inbound one's character set (MSH-18); UTF-8 when a
+    mapped value cannot be written in it."""
+    try:
+        return encode_text(text, message.charset)
+    except Exception:
+        return text.encode("utf-8")
+
+
 class _CompiledRoute:
     __slots__ = ("actions", "cont", "name", "sets", "tests")
 
@@ -340,11 +349,7 @@ class RouteEngine:
         def run(message: Message, route_scope: Scope) -> ActionResult:
             warnings: list[str] = []
             text = mapping.build(message, None, warnings)
-            charset = message.charset
-            try:
-                payload = encode_text(text, charset)
-            except Exception:
-                payload = text.encode("utf-8")
+            payload = _encoded(text, message)
             key = ordering(route_scope)
             effects: list[Effect] = []
             results: list[dict[str, Any]] = []
@@ -416,11 +421,7 @@ class RouteEngine:
                 raise MappingFault(
                     207, "", "reconcile action names HL7 destinations but no hl7 mapping:"
                 )
-            text = hl7_map.build(message, None, warnings)
-            try:
-                payload = encode_text(text, message.charset)
-            except Exception:
-                payload = text.encode("utf-8")
+            payload = _encoded(hl7_map.build(message, None, warnings), message)
             return tuple(Outbound(d, payload, key) for d in hl7)
 
         def run(message: Message, route_scope: Scope) -> ActionResult:

@@ -28,6 +28,7 @@ from broker.effects import (
 )
 from broker.reconcile import changes as rc
 from broker.storage.sqlite_queue import apply_enqueue
+from broker.worklist import item as wi
 from broker.worklist.status_message import ProcedureEvent
 
 #: Patient keywords → the event's names for them.
@@ -123,8 +124,6 @@ def apply_publish(
 
 
 def _patient(item: DicomJson) -> str:
-    from broker.worklist import item as wi
-
     return wi.first_text(item, wi.PATIENT_ID)
 
 
@@ -179,12 +178,8 @@ class ProcedurePublisher:
             item,
             changes={"step_status": event.new_status or event.old_status},
             extra={"performed_station_ae": event.calling_ae, "mpps_uid": event.mpps_uid},
+            study_instance_uid=event.study_uid,  # the performed study, when one was named
         )
-        # the performed study, when the modality named one
-        body = json.loads(payload)
-        if event.study_uid:
-            body["study_instance_uid"] = event.study_uid
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         key = _patient(item)
         return [
             Enqueue(d, payload, key, events.CONTENT_TYPE, {"routing_key": event.kind})

@@ -42,7 +42,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from broker.config import Settings
 from broker.delivery.destinations import (
-    SUPPORTED_TYPES,
     Dead,
     Delivered,
     Destination,
@@ -543,6 +542,19 @@ def entry_label(entry: Entry) -> str:
     return f"{kind} {header.control_id}".strip()
 
 
+def _configured(settings: Settings, name: str) -> tuple[Destination, WorkerOptions]:
+    """A configured destination and its worker options (building opens no connection).
+    Raises :class:`ConfigError` naming the bad key."""
+    conf = settings.destinations[name]
+    # Declared fields and extra keys alike (config.py may declare more of them).
+    keys: dict[str, Any] = conf.model_dump(exclude={"type"}, exclude_none=True)
+    options = WorkerOptions.from_mapping(f"destinations.{name}", keys)
+    destination = build_destination(name, conf.type, keys, _resolver(settings))
+    if "run" not in keys:  # a batching destination may want longer runs (the bus)
+        options = replace(options, run=getattr(destination, "default_run", options.run))
+    return destination, options
+
+
 def _by_lane(entries: Sequence[Entry], ordering: Ordering) -> dict[str, list[Entry]]:
     lanes: dict[str, list[Entry]] = {}
     for entry in entries:
@@ -591,25 +603,15 @@ class DeliveryService:
         poll_s: float = DEFAULT_POLL_S,
         **kwargs: Any,
     ) -> DeliveryService:
-        """Workers for every configured destination of a supported type (others' entries
-        wait in their queue until a broker version that delivers them); ``kwargs`` go to
-        the constructor. Raises :class:`ConfigError` naming the destination's bad key."""
+        """Workers for every configured destination; ``kwargs`` go to the constructor.
+        Raises :class:`ConfigError` naming the destination's bad key."""
         owner = owner or new_owner()
         workers = []
-        types = {}
-        for name, conf in settings.destinations.items():
-            types[name] = conf.type
-            # Declared fields and extra keys alike (config.py may declare more of them).
-            keys: dict[str, Any] = conf.model_dump(exclude={"type"}, exclude_none=True)
-            if conf.type not in SUPPORTED_TYPES:
-                log.warning("destination %s: type %s is not delivered yet", name, conf.type)
-                continue
-            options = WorkerOptions.from_mapping(f"destinations.{name}", keys)
+        for name in settings.destinations:
+            destination, options = _configured(settings, name)
             options = replace(options, lease_s=lease_s, poll_s=poll_s)
-            destination = build_destination(name, conf.type, keys, _resolver(settings))
-            if "run" not in keys:  # a batching destination may want longer runs (the bus)
-                options = replace(options, run=getattr(destination, "default_run", options.run))
             workers.append(DestinationWorker(destination, queue, options, owner=owner))
+        types = {name: conf.type for name, conf in settings.destinations.items()}
         return cls(queue, workers, types=types, **kwargs)
 
     @staticmethod
@@ -617,11 +619,9 @@ class DeliveryService:
         """What :meth:`from_settings` would refuse, per destination, without connecting
         (``broker check``): one line per bad destination."""
         problems = []
-        for name, conf in settings.destinations.items():
-            keys: dict[str, Any] = conf.model_dump(exclude={"type"}, exclude_none=True)
+        for name in settings.destinations:
             try:
-                WorkerOptions.from_mapping(f"destinations.{name}", keys)
-                build_destination(name, conf.type, keys, _resolver(settings))
+                _configured(settings, name)
             except ConfigError as exc:
                 problems.append(str(exc))
         return problems

@@ -112,3 +112,15 @@ def test_check_warns_when_a_destination_type_cannot_take_an_action(tmp_path: Pat
         result.output
     )
     assert "destination 'events' is of type mllp, which a publish action" in result.output
+
+
+def test_check_refuses_a_reconcile_to_an_hl7_pacs_without_a_mapping(tmp_path: Path) -> None:
+    config = config_in(tmp_path, "destinations: {pacs: {type: mllp, port: 2576}}\n")
+    route_file = next((tmp_path / "routes").glob("*.yaml"))
+    text = route_file.read_text()
+    route_file.write_text(text.replace("          mapping: pacs-adt\n", ""))
+    result = CliRunner().invoke(main, ["check", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "route 'patient-updates-to-pacs': reconcile.mapping: found nothing, expected an hl7" in (
+        result.output
+    )

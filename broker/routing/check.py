@@ -136,6 +136,16 @@ def check(
                         f"{action.kind} action cannot send to (expected a type of "
                         f"{', '.join(sorted(accepts))}); nothing will be sent there"
                     )
+                elif (
+                    action.reconcile is not None
+                    and action.reconcile.mapping is None
+                    and types.get(d, "mllp") in HL7_TYPES
+                ):
+                    # otherwise every message of the route would be answered AE at run time
+                    report.errors.append(
+                        f"{where}: reconcile.mapping: found nothing, expected an hl7 mapping "
+                        f"building the message for destination {d!r} (type {types.get(d, 'mllp')})"
+                    )
     # Mapping tests run as the embedded default does (no destinations), so their expected
     # Skipped/Enqueue effects do not depend on the config they are checked against.
     status_errors, status_warnings = check_order_status(dests, defs.mappings)

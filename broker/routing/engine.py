@@ -419,7 +419,10 @@ class RouteEngine:
                 return ()
             if not isinstance(hl7_map, HL7Mapping):
                 raise MappingFault(
-                    207, "", "reconcile action names HL7 destinations but no hl7 mapping:"
+                    207,
+                    "",
+                    f"reconcile action sends to {', '.join(hl7)} (HL7) but names no hl7 "
+                    "mapping (key mapping:); broker check reports it",
                 )
             payload = _encoded(hl7_map.build(message, None, warnings), message)
             return tuple(Outbound(d, payload, key) for d in hl7)

@@ -216,10 +216,13 @@ class SqliteDatabase:
             for fn in self._background:
                 more = fn(conn) or more
             conn.execute("COMMIT")
-        except Exception:  # background work must never stop the writer
+        except Exception as exc:  # background work must never stop the writer
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            log.exception("background work on %s failed; will try again", self.path)
+            # the type only: an encoding error's text may quote an item's values
+            log.error("background work on %s failed (%s); will try again", self.path,
+                      type(exc).__name__)  # fmt: skip
+            log.debug("background work failure", exc_info=True)
             return False
         return more
 

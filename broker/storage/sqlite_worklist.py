@@ -28,17 +28,21 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from broker import events
 from broker.effects import Enqueue, Skipped, WorklistStatusChange, WorklistUpsert
-from broker.errors import ConflictError, StoreError
+from broker.errors import StoreError
 from broker.storage.sqlite import Schema, SqliteDatabase
 from broker.storage.sqlite_queue import apply_enqueue
-from broker.worklist import item as wi
 from broker.worklist import lifecycle, mpps
-from broker.worklist.encode import Encoded, encode_both, native_charset
+from broker.worklist.encode import encode_both
 from broker.worklist.item import DicomJson
 from broker.worklist.query import Constraint, IndexPlan
 from broker.worklist.status_message import OriginalMessage, ProcedureEvent, ProcedureEventHook
+from broker.worklist.stored import (
+    PreparedItem,
+    now_text,
+    plan_upsert,
+    with_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +166,6 @@ WORKLIST_SCHEMA = Schema(
     ),
 )
 
-#: ZDS-1 carries the Study Instance UID in IHE RAD-4 (OMI/ORM); the ACK points there.
-STUDY_UID_HL7_LOCATION = "ZDS^1^1"
 
 _ITEM_COLUMNS = (
     "order_key, patient_key, accession, patient_id, issuer, patient_name, rp_id, sps_id, "
@@ -184,70 +186,14 @@ _INSERT_STEP = (
 )
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+_now = now_text
+_with_status = with_status
 
 
-def _with_status(item: DicomJson, status: str) -> DicomJson:
-    """A copy of ``item`` whose step(s) carry ``status`` in (0040,0020)."""
-    key = wi.tag_key(wi.SPS_SEQUENCE)
-    steps = wi.sequence_items(item, wi.SPS_SEQUENCE)
-    if not steps or not status:
-        return item
-    out = dict(item)
-    out[key] = {
-        "vr": "SQ",
-        "Value": [{**s, wi.tag_key(wi.SPS_STATUS): {"vr": "CS", "Value": [status]}} for s in steps],
-    }
-    return out
+class _Row(PreparedItem):
+    """A prepared item with its SQLite row values."""
 
-
-#: Items are trees of dicts and lists (DICOM JSON), never cyclic: the circularity check
-#: (a third of json.dumps' time) is left out.
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
-
-
-class _Row:
-    """An item prepared for storage: keys first (cheap), JSON text and both encodings on demand.
-
-    Encoding is most of an upsert's cost, so it happens once, after the final status is known,
-    and in one walk for both transfer syntaxes.
-    """
-
-    __slots__ = ("_charset", "_enc_e", "_enc_i", "_text", "item", "keys")
-
-    def __init__(self, item: DicomJson) -> None:
-        self.item = item
-        self.keys = wi.index_keys(item)
-        self._charset: str | None = None
-        self._enc_i: Encoded | None = None
-        self._enc_e: Encoded | None = None
-        self._text: str | None = None
-
-    @property
-    def charset(self) -> str:
-        if self._charset is None:
-            # all-ASCII JSON text means all-ASCII item text: no need to walk the item
-            self._charset = "" if self.text.isascii() else native_charset(self.item)
-        return self._charset
-
-    @property
-    def enc_i(self) -> Encoded:
-        if self._enc_i is None:
-            self._enc_i, self._enc_e = encode_both(self.item, self.charset)
-        return self._enc_i
-
-    @property
-    def enc_e(self) -> Encoded:
-        if self._enc_e is None:
-            self._enc_i, self._enc_e = encode_both(self.item, self.charset)
-        return self._enc_e
-
-    @property
-    def text(self) -> str:
-        if self._text is None:
-            self._text = _JSON.encode(self.item)
-        return self._text
+    __slots__ = ()
 
     def item_values(
         self,
@@ -420,74 +366,31 @@ def apply_worklist_upsert(
             own.append((rp, sps, item_id, status))
         else:
             taken.add(study_uid)
-    seen: set[tuple[str, str]] = set()
-    for row in rows:
-        ident = (row.keys.requested_procedure_id, row.keys.step_id)
-        if ident in seen:
-            raise ConflictError(
-                "two worklist items of the order share RequestedProcedureID and "
-                "ScheduledProcedureStepID",
-                hl7_location="OBR^1^19",
-                hl7_code=205,
-            )
-        seen.add(ident)
-        if row.keys.study_uid in taken:
-            raise ConflictError(
-                "StudyInstanceUID is already used by another order",
-                hl7_location=STUDY_UID_HL7_LOCATION,
-                hl7_code=205,
-            )
     # in the order of the (order_key, rp_id, sps_id) index, as a lookup by order_key gives
     own.sort()
     existing = {(rp, sps): (item_id, status) for rp, sps, item_id, status in own}
-    created = updated = removed = 0
-    item_changes: list[dict[str, str] | None] = []
-    for row in rows:
-        ident = (row.keys.requested_procedure_id, row.keys.step_id)
-        asked = lifecycle.normalise_status(row.keys.status)
-        found = existing.get(ident)
-        if found is None:
-            if not asked:
-                row = _Row(_with_status(row.item, lifecycle.SCHEDULED))
-            item_id = _insert(
-                conn, row, effect.order_key, effect.patient_key, "hl7", now, journal_id,
-                defer=True,
-            )  # fmt: skip
-            _history(conn, item_id, "", row.keys.status or lifecycle.SCHEDULED, "created",
-                     "hl7", journal_id, now)  # fmt: skip
-            created += 1
-            if effect.report_changes:
-                item_changes.append(None)
-            continue
-        item_id, old = found
-        before = conn.execute("SELECT json FROM worklist_items WHERE id=?", (item_id,))
-        before_text: str = before.fetchone()[0]
-        if effect.report_changes:  # for the order.updated event (the private "_changes")
-            item_changes.append(events.item_changes(json.loads(before_text), row.item))
-        if old == lifecycle.CANCELED:
-            new = asked or lifecycle.SCHEDULED
-        else:
-            new = (lifecycle.transition(old, asked) if asked else None) or old
-        if new != row.keys.status:
-            row = _Row(_with_status(row.item, new))
-        updated += 1
-        if new == old and row.text == before_text:
-            continue  # sent again unchanged (RIS resends): nothing to re-encode or rewrite
+
+    def stored_text(item_id: int) -> str:
+        row = conn.execute("SELECT json FROM worklist_items WHERE id=?", (item_id,)).fetchone()
+        return str(row[0])
+
+    decided = plan_upsert(effect, rows, existing, taken, stored_text)
+    for row in decided.created:
+        assert isinstance(row, _Row)
+        item_id = _insert(
+            conn, row, effect.order_key, effect.patient_key, "hl7", now, journal_id, defer=True
+        )
+        _history(conn, item_id, "", row.keys.status or lifecycle.SCHEDULED, "created",
+                 "hl7", journal_id, now)  # fmt: skip
+    for item_id, row, old, new in decided.replaced:
+        assert isinstance(row, _Row)
         _replace(conn, item_id, row, effect.patient_key, now, journal_id)
         if new != old:
             _history(conn, item_id, old, new, "order updated", "hl7", journal_id, now)
-    for ident, (item_id, old) in existing.items():
-        if ident in seen or not lifecycle.is_active(old):
-            continue
-        text = conn.execute("SELECT json FROM worklist_items WHERE id=?", (item_id,)).fetchone()[0]
-        _set_status(conn, item_id, text, old, lifecycle.CANCELED, "removed from order", "hl7",
-                    journal_id, now)  # fmt: skip
-        removed += 1
-    # keys starting with "_" are for the events of this commit, not kept in the journal
-    out: dict[str, Any] = {"created": created, "updated": updated, "removed": removed}
-    if effect.report_changes:
-        out["_changes"] = item_changes
-    return out
+    for item_id, old in decided.cancelled:
+        _set_status(conn, item_id, stored_text(item_id), old, lifecycle.CANCELED,
+                    "removed from order", "hl7", journal_id, now)  # fmt: skip
+    return decided.summary(effect.report_changes)
 
 
 def apply_worklist_status(

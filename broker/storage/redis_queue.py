@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
@@ -64,6 +65,7 @@ from broker.storage.redis_keys import (
     entry_ids,
     queue_keys,
 )
+from broker.storage.redis_tx import Tx
 
 #: Socket timeouts of a client made by :meth:`RedisQueue.from_url` (each command is short;
 #: a Redis that does not answer within this is down as far as a delivery is concerned).
@@ -639,6 +641,39 @@ def _text(value: bytes | str) -> str:
 def _num(value: float) -> str:
     """A time or number as Redis and Lua should see it: exact, round-trip decimal."""
     return repr(float(value))
+
+
+class RedisOutbox:
+    """Queue entries from inside a store transaction (:mod:`broker.storage.redis_tx`), so an
+    inbound message's outbound messages commit in the same MULTI/EXEC as its effects.
+
+    Works on the synchronous client the store uses; ids come from the same counter as
+    :meth:`RedisQueue.enqueue`'s, and the entry is written by the same ENQUEUE script.
+    """
+
+    def __init__(self, client: SyncRedis, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._allocate = client.register_script(ALLOCATE)
+        self._enqueue = client.register_script(ENQUEUE)
+
+    def add(self, tx: Tx, effect: Enqueue, journal_id: int, now: float) -> int:
+        """Allocate the entry's id now (a gap if the unit is retried: ids only need to
+        grow) and queue its ENQUEUE in ``tx``; returns the id."""
+        keys = (entry_ids(self.prefix), destinations(self.prefix))
+        entry_id = int(self._allocate(keys=keys, args=[effect.destination, 1], client=self.client))
+        args = [
+            DELIVERY_GROUP,
+            entry_id,
+            effect.ordering_key,
+            effect.content_type,
+            json.dumps(effect.headers),
+            effect.payload,
+            journal_id,
+            _num(now),
+        ]
+        tx.script(self._enqueue, queue_keys(effect.destination, self.prefix).all(), args)
+        return entry_id
 
 
 class RedisQueue:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import redis
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
+from broker.storage.redis_worklist import RedisWorklistStore
 from broker.storage.sqlite import SqliteDatabase
 from broker.storage.sqlite_worklist import SqliteWorklistStore
+from tests.redis_server import shared_redis_url, stop_shared_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,6 +52,39 @@ def store(tmp_path: Path) -> Iterator[SqliteWorklistStore]:
     db.open()
     yield wl
     db.close()
+
+
+@contextlib.contextmanager
+def open_store(backend: str, directory: Path) -> Iterator[Any]:
+    """An empty worklist store: 'sqlite' (a fresh file) or 'redis' (the session's
+    redis-server, keys under a prefix of their own)."""
+    if backend == "sqlite":
+        db = SqliteDatabase(directory / "broker.db", synchronous="OFF")
+        wl = SqliteWorklistStore(db)
+        db.open()
+        try:
+            yield wl
+        finally:
+            db.close()
+        return
+    client = redis.Redis.from_url(shared_redis_url())
+    try:
+        yield RedisWorklistStore(client, prefix=f"test{uuid.uuid4().hex[:12]}")
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An empty worklist store of each backend in turn."""
+    with open_store(request.param, tmp_path) as wl:
+        yield wl
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _stop_redis_after_the_package() -> Iterator[None]:
+    yield
+    stop_shared_redis()
 
 
 def encode_query(ds: Dataset, *, explicit: bool) -> bytes:

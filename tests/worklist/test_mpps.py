@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
-from broker.storage.sqlite_worklist import SqliteWorklistStore
 from broker.worklist import WorklistService
 from broker.worklist import mpps as m
+
+
+@pytest.fixture
+def store(any_store: Any) -> Any:
+    """MPPS runs the same on every store backend."""
+    return any_store
+
 
 STATES = [None, m.IN_PROGRESS, m.COMPLETED, m.DISCONTINUED]
 INPUTS = [None, "", "IN PROGRESS", "COMPLETED", "DISCONTINUED", "SCHEDULED", "in progress", "junk"]
@@ -65,7 +72,7 @@ def pps(status: str | None, **link: str) -> Dataset:
 
 
 def test_mpps_moves_linked_items_and_records_events(
-    store: SqliteWorklistStore, make_item: Callable[..., dict[str, Any]]
+    store: Any, make_item: Callable[..., dict[str, Any]]
 ) -> None:
     store.upsert("ORD1", [make_item(study_uid="1.2.3", accession="ACC1", sps_id="S1")])
     other = store.upsert("ORD2", [make_item(study_uid="1.2.4", accession="ACC2", sps_id="S2")])
@@ -98,7 +105,7 @@ def test_mpps_moves_linked_items_and_records_events(
     assert store.get(second)["status"] == "SCHEDULED"  # type: ignore[index]
 
 
-def test_unscheduled_mpps_is_accepted_and_recorded(store: SqliteWorklistStore) -> None:
+def test_unscheduled_mpps_is_accepted_and_recorded(store: Any) -> None:
     service = WorklistService(store)
     assert service.mpps_create("9.9.2", pps("IN PROGRESS"), "US1").status == 0
     assert service.mpps_set("9.9.2", pps("DISCONTINUED"), "US1").status == 0
@@ -110,7 +117,7 @@ def test_unscheduled_mpps_is_accepted_and_recorded(store: SqliteWorklistStore) -
     assert store.mpps_state("9.9.2") == "DISCONTINUED"
 
 
-def test_create_with_wrong_status(store: SqliteWorklistStore) -> None:
+def test_create_with_wrong_status(store: Any) -> None:
     service = WorklistService(store)
     assert service.mpps_create("9.9.3", pps("COMPLETED"), "X").status == 0x0106
     assert service.mpps_create("9.9.3", pps(None), "X").status == 0x0120

@@ -14,13 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
-from broker.storage.sqlite import SqliteDatabase
 from broker.storage.sqlite_worklist import SqliteWorklistStore, build_sql
 from broker.worklist import QueryError, WorklistService, parse_identifier, plan
 from broker.worklist import item as wi
 from broker.worklist.query import MalformedIdentifier
 
-from .conftest import encode_query, load_worklist_data
+from .conftest import encode_query, load_worklist_data, open_store
 
 
 def mwl_query(**step_keys: str) -> Dataset:
@@ -219,17 +218,15 @@ def _oracle(item: dict[str, Any], q: dict[str, str]) -> bool:
     return _oracle_range(date, q["date"], 8) and _oracle_range(time, q["time"], 6)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
 def oracle_env(
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[WorklistService, list[dict[str, Any]]]]:
-    db = SqliteDatabase(Path(tmp_path_factory.mktemp("oracle")) / "b.db", synchronous="OFF")
-    store = SqliteWorklistStore(db)
-    db.open()
-    items = _oracle_items()
-    store.bulk_load(items)
-    yield WorklistService(store, batch_size=7), items
-    db.close()
+    """Each store backend with the oracle's items: both must answer as the oracle does."""
+    with open_store(request.param, Path(tmp_path_factory.mktemp("oracle"))) as store:
+        items = _oracle_items()
+        store.bulk_load(items)
+        yield WorklistService(store, batch_size=7), items
 
 
 def text_key(values: list[str]) -> st.SearchStrategy[str]:

@@ -13,7 +13,10 @@ with a unique MSH-10 and awaiting every ACK) measures three servers, each in its
 Then the broker's ACK latency at a steady, paced 1,000 msg/s. Goals: broker >= 0.5x bare,
 >= 5x python-hl7, p99 < 10 ms at 1,000 msg/s. Prints the figures and the ratios::
 
-    .venv/bin/python bench/bench_ingest.py [--seconds 5] [--json] [--profile DIR]
+    .venv/bin/python bench/bench_ingest.py [--seconds 5] [--json] [--profile DIR] [--redis]
+
+``--redis`` also measures the broker on a Redis store (``store: redis://``, a private
+redis-server with ``appendfsync always``), the configuration several nodes share.
 
 ``--profile DIR`` also runs the broker's closed-loop measurement under cProfile (main thread,
 i.e. the event loop) and prints its top functions; the figures of that run are not reported.
@@ -78,20 +81,23 @@ def wait_for_health(http_port: int, proc: subprocess.Popen[bytes], timeout: floa
 
 
 @contextlib.contextmanager
-def server(kind: str, workdir: Path, profile_to: Path | None = None) -> Iterator[int]:
-    """Start one server process; yield its MLLP port; SIGTERM it afterwards."""
+def server(
+    kind: str, workdir: Path, profile_to: Path | None = None, store: str = ""
+) -> Iterator[int]:
+    """Start one server process; yield its MLLP port; SIGTERM it afterwards. ``store``: the
+    broker's store URL (default: a fresh SQLite file)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER")}
     log = open(workdir / f"{kind}.log", "wb")  # noqa: SIM115 - closed in finally
     http_port = 0
     if kind == "broker":
         http_port = free_port()
-        store = workdir / f"broker-{port}.db"
+        db_file = workdir / f"broker-{port}.db"
         config = workdir / f"broker-{port}.yaml"
         config.write_text(
             json.dumps(
                 {
-                    "store": f"sqlite:///{store}",
+                    "store": store or f"sqlite:///{db_file}",
                     "routes": str(REPO / "routes"),
                     "mappings": str(REPO / "mappings"),
                     "mllp": [{"name": "ris", "host": "127.0.0.1", "port": port}],
@@ -123,6 +129,30 @@ def server(kind: str, workdir: Path, profile_to: Path | None = None) -> Iterator
                 proc.kill()
                 proc.wait()
         log.close()
+
+
+class RedisProcess:
+    """A private redis-server on a free loopback port, AOF with appendfsync always (the
+    durability docs/DELIVERY.md asks of a production Redis)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for_port(self.port, self.proc)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 #: Set by --same-order: every message is the sample order sent again (default: new orders).
@@ -173,6 +203,12 @@ def main() -> int:
         action="store_true",
         help="send one order again and again (resends) instead of a new order each time",
     )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="also measure the broker on a Redis store (a private redis-server, "
+        "appendonly yes, appendfsync always)",
+    )
     args = parser.parse_args()
     if args.same_order:
         SAME_ORDER.append("--same-order")
@@ -187,6 +223,13 @@ def main() -> int:
                 )
         with server("broker", workdir) as port:
             results["broker_paced"] = loadgen(port, args.seconds, args.warmup, args.paced_rate)
+        if args.redis:
+            redis = RedisProcess(workdir / "redis")
+            try:
+                with server("broker", workdir, store=redis.url) as port:
+                    results["broker_redis"] = loadgen(port, args.seconds, args.warmup)
+            finally:
+                redis.stop()
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             stats_file = args.profile / "broker.pstats"
@@ -235,6 +278,14 @@ def main() -> int:
         f"max {paced['max_ms']:.1f} ms   goal p99 < {GOAL_P99_MS:g} ms   "
         f"{verdict(paced['p99_ms'] < GOAL_P99_MS)}"
     )
+    if args.redis:
+        on_redis = results["broker_redis"]
+        print(
+            f"  broker on Redis (appendfsync always) {on_redis['rate']:>9,.0f} msg/s   "
+            f"{on_redis['rate'] / broker['rate']:.2f}x the SQLite store, "
+            f"{on_redis['rate'] / peer['rate']:.2f}x python-hl7; "
+            f"p50 {on_redis['p50_ms']:.2f} ms, p99 {on_redis['p99_ms']:.2f} ms"
+        )
     if args.profile:
         print(
             f"\nprofiled broker run: {results['broker_profiled']['rate']:,.0f} msg/s "

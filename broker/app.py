@@ -21,63 +21,19 @@ from broker.admin.metrics import Metrics
 from broker.config import MllpListenerSettings, Settings
 from broker.delivery import DeliveryService
 from broker.dicom import DicomSCP, Service
-from broker.effects import OrderChange, PatientChange, WorklistStatusChange, WorklistUpsert
 from broker.errors import ConfigError
 from broker.hl7.listener import ListenerSettings, MllpListener
 from broker.ingest.decision import Router
 from broker.ingest.pipeline import IngestPipeline
+from broker.publishing import DEFAULT_EVENTS_DESTINATION, ProcedurePublisher
 from broker.routing import RouterHolder
-from broker.storage.sqlite import SqliteDatabase
-from broker.storage.sqlite_events import (
-    DEFAULT_EVENTS_DESTINATION,
-    ProcedurePublisher,
-    apply_publish,
-)
-from broker.storage.sqlite_journal import JOURNAL_SCHEMA, Applier, SqliteJournal
-from broker.storage.sqlite_queue import QUEUE_SCHEMA, SqliteQueue
-from broker.storage.sqlite_reconcile import (
-    RECONCILE_SCHEMA,
-    apply_order_change,
-    apply_patient_change,
-    purge_history,
-)
-from broker.storage.sqlite_worklist import (
-    SqliteWorklistStore,
-    apply_worklist_status,
-    apply_worklist_upsert,
-)
+from broker.storage.factory import make_journal, open_database, open_stores
 from broker.worklist import WorklistService
 from broker.worklist.status_message import OrderStatusNotifier
 
 log = logging.getLogger(__name__)
 
-
-def open_database(settings: Settings) -> SqliteDatabase:
-    """The embedded store with every module's schema registered (not yet opened)."""
-    if not settings.store.startswith("sqlite:///"):
-        raise ConfigError(
-            f"store: {settings.store!r}: the Redis backend is not available in this version; "
-            "use sqlite:///PATH"
-        )
-    return SqliteDatabase(
-        settings.sqlite_path, schemas=[JOURNAL_SCHEMA, QUEUE_SCHEMA, RECONCILE_SCHEMA]
-    )
-
-
-def make_journal(settings: Settings, db: SqliteDatabase) -> SqliteJournal:
-    """The journal with the appliers that turn routed effects into worklist changes."""
-    appliers: dict[type, Applier] = {
-        WorklistUpsert: apply_worklist_upsert,
-        WorklistStatusChange: apply_worklist_status,
-        PatientChange: apply_patient_change,
-        OrderChange: apply_order_change,
-    }
-    return SqliteJournal(
-        db,
-        appliers,
-        dedupe_window_s=settings.journal.dedupe_window_hours * 3600,
-        publisher=apply_publish,
-    )
+__all__ = ["Broker", "make_journal", "open_database", "serve", "tls_context"]
 
 
 def tls_context(listener: MllpListenerSettings, settings: Settings) -> ssl.SSLContext | None:
@@ -102,8 +58,6 @@ class Broker:
     def __init__(self, settings: Settings, router: Callable[[], Router] | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.db = open_database(settings)
-        self.journal = make_journal(settings, self.db)
         # MPPS changes become order-status messages for the RIS (DESIGN §6a), queued in the
         # MPPS change's own transaction, built with the mappings loaded at that moment.
         self.order_status = OrderStatusNotifier(self._mappings, settings.destinations.keys())
@@ -112,12 +66,15 @@ class Broker:
             for name, d in settings.destinations.items()
             if name == DEFAULT_EVENTS_DESTINATION and d.type in ("bus", "http")
         ]
-        self.worklist = SqliteWorklistStore(
-            self.db,
+        self.stores = open_stores(
+            settings,
             on_procedure_event=self.order_status,
             on_procedure_publish=ProcedurePublisher(events_to),
         )
-        self.queue = SqliteQueue(self.db)
+        self.db = self.stores.db  # None on a Redis store
+        self.journal = self.stores.journal
+        self.worklist = self.stores.worklist
+        self.queue = self.stores.queue
         self.delivery: DeliveryService | None = None
         self._delivery_seen: dict[str, tuple[int, int, int]] = {}
         self._router_factory = router
@@ -134,7 +91,7 @@ class Broker:
 
     async def start(self) -> None:
         settings = self.settings
-        await self._stack.enter_async_context(self.db)
+        await self._stack.enter_async_context(self.stores)
         # Entered before the listeners, so it stops after them: nothing new is accepted
         # while in-flight deliveries finish (or their leases lapse and they are retried).
         self.delivery = DeliveryService.from_settings(
@@ -190,7 +147,7 @@ class Broker:
                 self.health,
                 self.refresh_gauges,
                 endpoints=AdminApi(
-                    settings, self.db, self.journal, self.queue, self.worklist, self.delivery
+                    settings, self.stores, self.journal, self.queue, self.worklist, self.delivery
                 ).endpoints(),
             )
             await self._stack.enter_async_context(self.admin)
@@ -264,11 +221,7 @@ class Broker:
         listeners = {lst.name: lst.serving for lst in self.listeners}
         if self.dicom is not None:
             listeners["dicom"] = self.dicom.serving
-        try:
-            self.db.reader().execute("SELECT 1").fetchone()
-            store_ok = True
-        except Exception:
-            store_ok = False
+        store_ok = self.stores.ping()
         ok = store_ok and all(listeners.values())
         return {
             "status": "ok" if ok else "unavailable",
@@ -325,7 +278,7 @@ class Broker:
                 if purged:
                     log.info("worklist retention: removed %d finished items", purged)
                 changes = await asyncio.to_thread(
-                    purge_history, self.db, self.settings.reconcile.history_days
+                    self.stores.purge_reconcile_history, self.settings.reconcile.history_days
                 )
                 if changes:
                     log.info("reconcile history retention: removed %d change records", changes)

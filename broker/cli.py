@@ -214,14 +214,14 @@ def journal() -> None:
 
 
 def _open_journal(config: Path | None) -> Any:
-    from broker.app import make_journal, open_database
+    from broker.storage.factory import open_stores
 
     settings = _load(config)
-    db = open_database(settings)
-    if not settings.sqlite_path.exists():
-        raise click.ClickException(f"no store at {settings.sqlite_path} (has the broker run?)")
-    db.open()
-    return db, make_journal(settings, db)
+    stores = open_stores(settings)
+    if not stores.exists():
+        raise click.ClickException(f"no store at {settings.store} (has the broker run?)")
+    stores.open()
+    return stores, stores.journal
 
 
 @journal.command("ls")

@@ -29,22 +29,31 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 @contextmanager
 def open_queue(settings: Settings, *, create: bool = False) -> Iterator[DeliveryQueue]:
     """The delivery queue of a config's store, opened for this command."""
-    from broker.app import open_database
-    from broker.storage.sqlite_queue import QUEUE_SCHEMA, SqliteQueue
+    from broker.storage.factory import open_stores
 
-    if not create and not settings.sqlite_path.exists():
-        raise click.ClickException(f"no store at {settings.sqlite_path} (has the broker run?)")
-    db = open_database(settings)
-    db.add_schema(QUEUE_SCHEMA)  # idempotent; the journal's schema holds it too
-    db.open()
+    stores = open_stores(settings)
+    if not create and not stores.exists():
+        raise click.ClickException(f"no store at {settings.store} (has the broker run?)")
+    stores.open()
     try:
-        yield SqliteQueue(db)
+        yield stores.queue
     finally:
-        db.close()
+        stores.close()
 
 
-def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    return asyncio.run(make())
+def _run(queue: DeliveryQueue, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run one queue call; a queue with connections of its own (Redis) closes them in the
+    same event loop, before it ends."""
+
+    async def call() -> T:
+        try:
+            return await make()
+        finally:
+            aclose = getattr(queue, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return asyncio.run(call())
 
 
 def _age(seconds: float) -> str:
@@ -63,7 +72,7 @@ def _known(settings: Settings, queue: DeliveryQueue, destination: str) -> None:
     """Refuse a destination that is neither configured nor in the store (a typo)."""
     if destination in settings.destinations:
         return
-    stats = _run(lambda: queue.stats())
+    stats = _run(queue, lambda: queue.stats())
     if destination not in stats:
         known = ", ".join(sorted({*settings.destinations, *stats})) or "none"
         raise click.ClickException(
@@ -87,7 +96,7 @@ def register(
         """Depth, oldest age and state of every destination's queue."""
         settings = load(config)
         with open_queue(settings) as q:
-            stats = _run(lambda: q.stats(sorted(settings.destinations)))
+            stats = _run(q, lambda: q.stats(sorted(settings.destinations)))
         now = dt.datetime.now(dt.UTC).timestamp()
         if not as_json:
             click.echo(
@@ -136,7 +145,7 @@ def register(
         """Dead letters (of one destination, or all), oldest first, with their last error."""
         settings = load(config)
         with open_queue(settings) as q:
-            entries = _run(lambda: q.dead(destination, limit=limit))
+            entries = _run(q, lambda: q.dead(destination, limit=limit))
         for e in entries:
             key = e.ordering_key if show_phi else ("<redacted>" if e.ordering_key else "")
             if as_json:
@@ -206,7 +215,7 @@ def register(
         chosen = selection(ids, key, error, every)
         with open_queue(settings) as q:
             _known(settings, q, destination)
-            new_ids = _run(lambda: q.replay(destination, chosen))
+            new_ids = _run(q, lambda: q.replay(destination, chosen))
         click.echo(f"{len(new_ids)} dead letter(s) of {destination} queued again")
         if new_ids:
             click.echo("new ids: " + " ".join(str(i) for i in new_ids))
@@ -230,7 +239,7 @@ def register(
         chosen = Selection() if not (ids or key or error) else selection(ids, key, error, every)
         with open_queue(settings) as q:
             _known(settings, q, destination)
-            removed = _run(lambda: q.purge_dead(destination, chosen))
+            removed = _run(q, lambda: q.purge_dead(destination, chosen))
         click.echo(f"{removed} dead letter(s) of {destination} deleted")
 
     def pause_command(name: str, act: Callable[[DeliveryQueue, str], Awaitable[None]]) -> None:
@@ -243,7 +252,7 @@ def register(
             settings = load(config)
             with open_queue(settings, create=destination in settings.destinations) as q:
                 _known(settings, q, destination)
-                _run(lambda: _awaited(act(q, destination)))
+                _run(q, lambda: _awaited(act(q, destination)))
             click.echo(f"{destination} {verb}")
 
         command.help = (

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from broker.config import Settings
-from broker.storage.sqlite import SqliteDatabase
+from broker.storage.factory import Stores
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -20,20 +20,18 @@ _REDACTED = "<redacted>"
 
 
 @contextmanager
-def _open_store(settings: Settings) -> Iterator[SqliteDatabase]:
-    """The store with the schemas the reconciliation reads and writes."""
-    from broker.app import open_database
-    from broker.storage.sqlite_worklist import WORKLIST_SCHEMA
+def _open_store(settings: Settings) -> Iterator[Stores]:
+    """The configured store (either backend), opened for this command."""
+    from broker.storage.factory import open_stores
 
-    if not settings.sqlite_path.exists():
-        raise click.ClickException(f"no store at {settings.sqlite_path} (has the broker run?)")
-    db = open_database(settings)
-    db.add_schema(WORKLIST_SCHEMA)
-    db.open()
+    stores = open_stores(settings)
+    if not stores.exists():
+        raise click.ClickException(f"no store at {settings.store} (has the broker run?)")
+    stores.open()
     try:
-        yield db
+        yield stores
     finally:
-        db.close()
+        stores.close()
 
 
 def _redact(change: dict[str, Any]) -> dict[str, Any]:
@@ -74,9 +72,9 @@ def register(
         from broker.reconcile.service import SweepError, run_sweep
 
         settings = load(config)
-        with _open_store(settings) as db:
+        with _open_store(settings) as stores:
             try:
-                report = run_sweep(settings, db, since, until, apply=apply_)
+                report = run_sweep(settings, stores, since, until, apply=apply_)
             except SweepError as exc:
                 raise click.ClickException(str(exc)) from None
         out = report.as_json(show_phi=show_phi)
@@ -117,11 +115,9 @@ def register(
     ) -> None:
         """Every recorded patient update, merge, identifier change, order change and sweep
         correction, newest first, one JSON object per line (for audit)."""
-        from broker.storage.sqlite_reconcile import history
 
-        settings = load(config)
-        with _open_store(settings) as db:
-            rows = history(db.reader(), patient=patient, order=order, limit=limit)
+        with _open_store(load(config)) as stores:
+            rows = stores.reconcile_history(patient=patient, order=order, limit=limit)
         for row in rows:
             click.echo(json.dumps(row if show_phi else _redact(row), ensure_ascii=False))
 

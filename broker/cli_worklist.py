@@ -27,18 +27,16 @@ from broker.worklist.summary import redact, summary_row
 @contextmanager
 def open_worklist(settings: Settings, *, create: bool = False) -> Iterator[Any]:
     """The store of a config, opened for this command (another broker may be serving it)."""
-    from broker.app import open_database
-    from broker.storage.sqlite_worklist import SqliteWorklistStore
+    from broker.storage.factory import open_stores
 
-    if not create and not settings.sqlite_path.exists():
-        raise click.ClickException(f"no store at {settings.sqlite_path} (has the broker run?)")
-    db = open_database(settings)
-    store = SqliteWorklistStore(db)
-    db.open()
+    stores = open_stores(settings)
+    if not create and not stores.exists():
+        raise click.ClickException(f"no store at {settings.store} (has the broker run?)")
+    stores.open()
     try:
-        yield store
+        yield stores.worklist
     finally:
-        db.close()
+        stores.close()
 
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]

@@ -214,7 +214,10 @@ class Settings(_Model):
 
     store: str = Field(
         "sqlite:///var/broker.db",
-        description="sqlite:///PATH (embedded default) or redis://HOST:PORT/DB.",
+        description=(
+            "sqlite:///PATH (embedded default) or redis://HOST:PORT/DB (several broker nodes "
+            "share one Redis: journal, dedupe keys, worklist, queues)."
+        ),
     )
     routes: Path = Field(Path("routes"), description="Folder of route files.")
     mappings: Path = Field(Path("mappings"), description="Folder of mapping files.")

@@ -1,7 +1,7 @@
 """JSON events about the imaging workflow, for consumers on a message bus (docs/EVENTS.md).
 
 Pure: what an event says, built from worklist items (DICOM JSON) and change records. The
-store decides which events a committed change makes (``storage/sqlite_events.py``) and queues
+store decides which events a committed change makes (``broker/publishing.py``) and queues
 them in the change's own transaction; the ``bus`` destination publishes them with the event
 type as routing key. The JSON Schema is ``docs/schemas/event.schema.json``.
 """

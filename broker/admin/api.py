@@ -35,10 +35,9 @@ if TYPE_CHECKING:
     from broker.admin.http import Endpoint
     from broker.config import Settings
     from broker.delivery.worker import DeliveryService
+    from broker.ingest.journal import Journal
     from broker.queue import DeliveryQueue, Entry
-    from broker.storage.sqlite import SqliteDatabase
-    from broker.storage.sqlite_journal import SqliteJournal
-    from broker.storage.sqlite_worklist import SqliteWorklistStore
+    from broker.reconcile.service import SweepStore
 
 #: Largest ``limit`` a list endpoint takes.
 MAX_LIMIT = 1000
@@ -71,14 +70,14 @@ class AdminApi:
     def __init__(
         self,
         settings: Settings,
-        db: SqliteDatabase,
-        journal: SqliteJournal,
+        stores: SweepStore,
+        journal: Journal,
         queue: DeliveryQueue,
-        worklist: SqliteWorklistStore,
+        worklist: Any,  # SqliteWorklistStore | RedisWorklistStore (the same reads)
         delivery: DeliveryService | None,
     ) -> None:
         self.settings = settings
-        self.db = db
+        self.stores = stores
         self.journal = journal
         self.queue = queue
         self.worklist = worklist
@@ -273,7 +272,7 @@ class AdminApi:
         apply = request.method == "POST"
         try:
             report = await asyncio.to_thread(
-                run_sweep, self.settings, self.db, since, request.query.get("until", ""),
+                run_sweep, self.settings, self.stores, since, request.query.get("until", ""),
                 apply=apply,
             )  # fmt: skip
         except SweepError as exc:

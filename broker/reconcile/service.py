@@ -3,14 +3,34 @@ query the configured PACS, compare with the stored orders, optionally queue corr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 from broker.config import Settings
-from broker.reconcile.sweep import SweepError, SweepReport, compare, parse_day, query_studies
-from broker.storage.sqlite import SqliteDatabase
-from broker.storage.sqlite_reconcile import queue_sweep_corrections, sweep_items
+from broker.reconcile.sweep import (
+    OrderItem,
+    SweepError,
+    SweepReport,
+    compare,
+    parse_day,
+    query_studies,
+)
+
+
+class SweepStore(Protocol):
+    """What the sweep needs of a store (``broker.storage.factory.Stores``)."""
+
+    def sweep_items(
+        self, accessions: Sequence[str], study_uids: Sequence[str]
+    ) -> list[OrderItem]: ...
+
+    def queue_sweep_corrections(
+        self, report: SweepReport, destination: str, dest_type: str | None
+    ) -> None: ...
 
 
 def run_sweep(
-    settings: Settings, db: SqliteDatabase, since: str, until: str = "", *, apply: bool = False
+    settings: Settings, store: SweepStore, since: str, until: str = "", *, apply: bool = False
 ) -> SweepReport:
     """Blocking (a DICOM association and store reads): call it from a thread in async code.
     ``since``/``until``: YYYY-MM-DD or YYYYMMDD. Raises SweepError."""
@@ -33,11 +53,10 @@ def run_sweep(
         last,
         timeout_s=pacs.timeout_s,
     )
-    report = compare(studies, lambda acc, uids: sweep_items(db.reader(), acc, uids))
+    report = compare(studies, store.sweep_items)
     if apply and report.mismatches:
         dest = settings.reconcile.destination
-        dest_type = settings.destination_types().get(dest)
-        db.write_sync(lambda conn: queue_sweep_corrections(conn, report, dest, dest_type))
+        store.queue_sweep_corrections(report, dest, settings.destination_types().get(dest))
     return report
 
 

@@ -18,9 +18,10 @@ Keys (prefix ``broker``, hash tag ``{s}``)::
     broker:{s}:dedupe:<sender>|<msh10>  string  journal id of the accepted message; expires
                                               after the dedupe window
 
-Effects Redis cannot apply yet (reconcile's PatientChange/OrderChange, Publish) are refused
-like any effect without an applier: the message is journaled as an error and answered AE
-with a text that says so (``broker check`` warns before that).
+Every effect the SQLite journal applies is applied here too, by the same logic: worklist
+upserts and status changes (:mod:`broker.storage.redis_worklist`), reconcile's patient and
+order changes (:mod:`broker.reconcile.apply`) and publish (:mod:`broker.publishing`) through
+:class:`broker.storage.redis_reconcile.RedisChangeOps`.
 """
 
 from __future__ import annotations
@@ -35,14 +36,26 @@ from typing import Any
 
 from redis import Redis
 
-from broker.effects import Effect, Enqueue, Skipped, WorklistStatusChange, WorklistUpsert
+from broker.effects import (
+    Effect,
+    Enqueue,
+    OrderChange,
+    PatientChange,
+    Publish,
+    Skipped,
+    WorklistStatusChange,
+    WorklistUpsert,
+)
 from broker.errors import ConflictError
 from broker.hl7.ack import AckCode, AckError
 from broker.ingest.decision import RouteDecision
 from broker.ingest.journal import CommitResult, InboundRecord, JournalEntry
+from broker.publishing import apply_publish
+from broker.reconcile.apply import apply_order_change, apply_patient_change
 from broker.storage import redis_tx
 from broker.storage.redis_keys import DEFAULT_PREFIX
 from broker.storage.redis_queue import RedisOutbox
+from broker.storage.redis_reconcile import RedisChangeLog, RedisChangeOps
 from broker.storage.redis_tx import Tx
 from broker.storage.redis_worklist import RedisWorklistStore, apply_status, apply_upsert, ids_of
 from broker.worklist.status_message import OriginalMessage
@@ -87,13 +100,20 @@ class RedisJournal:
         self.outbox = RedisOutbox(client, prefix=prefix)
         self.dedupe_window_s = dedupe_window_s
         wl = worklist.keys
+        self.changes = RedisChangeLog(client, prefix)
         self.appliers: dict[type, Applier] = {
             Enqueue: self._enqueue,
             Skipped: lambda tx, e, j: {"skipped": e.action, "reason": e.reason},
             WorklistUpsert: lambda tx, e, j: apply_upsert(wl, client, tx, e, j),
             WorklistStatusChange: lambda tx, e, j: apply_status(wl, client, tx, e, j),
+            PatientChange: lambda tx, e, j: apply_patient_change(self.change_ops(tx), e, j),
+            OrderChange: lambda tx, e, j: apply_order_change(self.change_ops(tx), e, j),
         }
         self._pool = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="redis-journal")
+
+    def change_ops(self, tx: Tx) -> RedisChangeOps:
+        """The reconcile/publish appliers' view of the store inside ``tx``."""
+        return RedisChangeOps(self.worklist.keys, self.client, tx, self.outbox, self.changes)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -135,7 +155,13 @@ class RedisJournal:
         done: list[dict[str, Any]] = []
         try:
             for effect in decision.effects:
-                done.append(self._apply(tx, effect, journal_id))
+                if isinstance(effect, Publish):  # tells what the effects before it did
+                    before = decision.effects[: len(done)]
+                    done.append(
+                        apply_publish(self.change_ops(tx), effect, before, done, journal_id)
+                    )
+                else:
+                    done.append(self._apply(tx, effect, journal_id))
         except ConflictError as exc:
             tx.discard_writes()
             error = AckError(exc.hl7_code, exc.hl7_location, str(exc))
@@ -155,9 +181,7 @@ class RedisJournal:
         applier = self.appliers.get(type(effect))
         if applier is None:
             raise ConflictError(
-                f"the Redis store cannot apply {type(effect).__name__} effects "
-                "(reconcile and publish need the embedded store)",
-                hl7_code=207,
+                f"this store cannot apply {type(effect).__name__} effects", hl7_code=207
             )
         return applier(tx, effect, journal_id)
 

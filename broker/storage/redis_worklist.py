@@ -19,7 +19,9 @@ Keys (prefix ``broker``, every one under the hash tag ``{s}``)::
     broker:{s}:wl:active            zset    items C-FIND returns (score id)
     broker:{s}:wl:finished          zset    finished items, score = finished time (retention)
     broker:{s}:wl:order:<key>       set     an order's items (all statuses)
-    broker:{s}:wl:by:<field>:<v>    set     every item with study_uid / accession v
+    broker:{s}:wl:by:<field>:<v>    set     every item with study_uid / accession /
+                                            patient_id / performed_study_uid v (any status:
+                                            MPPS links, merges, the reconcile sweep)
     broker:{s}:wl:ix:<field>:<v>    set     active items: accession, patient_id, study_uid,
                                             rp_id, sps_id
     broker:{s}:wl:ix:<field>:<v>    zset    active steps: station_ae, modality; member
@@ -158,7 +160,7 @@ def memberships(
         ("set", keys.order(order_key), sid, 0.0),
         ("zset", keys.all, sid, float(item_id)),
     }
-    for field in ("study_uid", "accession"):
+    for field in ("study_uid", "accession", "patient_id"):
         if k[field]:
             out.add(("set", keys.by(field, k[field]), sid, 0.0))
     if not active:
@@ -246,7 +248,7 @@ class _Filter:
 # -- writing -----------------------------------------------------------------------------------
 
 
-class _Writer:
+class Writer:
     """Item writes inside one transaction (shared by the appliers, MPPS and bulk loads)."""
 
     def __init__(self, keys: WorklistKeys, client: Redis, tx: Tx) -> None:
@@ -414,7 +416,7 @@ def apply_upsert(
 ) -> dict[str, Any]:
     """:func:`broker.storage.sqlite_worklist.apply_worklist_upsert` on Redis (same rules,
     decided by :func:`broker.worklist.stored.plan_upsert`)."""
-    w = _Writer(keys, client, tx)
+    w = Writer(keys, client, tx)
     now = now_text()
     rows = [PreparedItem(item) for item in effect.items]
     own = w.order_items(effect.order_key)
@@ -459,7 +461,7 @@ def apply_status(
     keys: WorklistKeys, client: Redis, tx: Tx, effect: WorklistStatusChange, journal_id: int
 ) -> dict[str, Any]:
     """:func:`broker.storage.sqlite_worklist.apply_worklist_status` on Redis."""
-    w = _Writer(keys, client, tx)
+    w = Writer(keys, client, tx)
     now = now_text()
     target = lifecycle.normalise_status(effect.status)
     changed = unchanged = 0
@@ -525,7 +527,7 @@ class RedisWorklistStore:
             now = now_text()
 
             def unit(tx: Tx) -> list[int]:
-                w = _Writer(self.keys, self.client, tx)
+                w = Writer(self.keys, self.client, tx)
                 return [w.insert(row, key, "", source, now, None) for row, key in batch]
 
             ids.extend(redis_tx.run(self.client, unit, "worklist bulk load"))
@@ -621,6 +623,7 @@ class RedisWorklistStore:
                 if study_uid:
                     for item_id in item_ids:
                         tx.hset(self.keys.item(item_id), {"performed_study_uid": study_uid})
+                        tx.sadd(self.keys.by("performed_study_uid", study_uid), str(item_id))
             else:
                 merged = {**json.loads(stored["json"]), **dataset}
                 item_ids = json.loads(stored["item_ids"])
@@ -669,7 +672,7 @@ class RedisWorklistStore:
         now: str,
     ) -> None:
         assert decision.event is not None
-        w = _Writer(self.keys, self.client, tx)
+        w = Writer(self.keys, self.client, tx)
         if not item_ids:  # unscheduled: recorded without an item
             self._record_event(
                 tx,
@@ -889,6 +892,29 @@ class RedisWorklistStore:
         for item_id in ids:
             pipe.hget(self.keys.item(item_id), "json")
         return [(i, json.loads(t)) for i, t in zip(ids, pipe.execute(), strict=True) if t]
+
+    def sweep_items(
+        self, accessions: Sequence[str], study_uids: Sequence[str]
+    ) -> list[tuple[int, DicomJson, tuple[str, ...]]]:
+        """Items holding one of the accessions or Study Instance UIDs (scheduled or
+        performed), newest first: the reconcile sweep's lookup."""
+        pipe = self.client.pipeline(transaction=False)
+        for value in accessions:
+            pipe.smembers(self.keys.by("accession", value))
+        for field in ("study_uid", "performed_study_uid"):
+            for value in study_uids:
+                pipe.smembers(self.keys.by(field, value))
+        ids = sorted({int(m) for members in pipe.execute() for m in members}, reverse=True)
+        pipe = self.client.pipeline(transaction=False)
+        for item_id in ids:
+            pipe.hmget(self.keys.item(item_id), ["json", "k", "performed_study_uid"])
+        out = []
+        for item_id, (text, k, performed) in zip(ids, pipe.execute(), strict=True):
+            if text is None:
+                continue
+            uids = (json.loads(k)["study_uid"], _s(performed))
+            out.append((item_id, json.loads(text), tuple(u for u in uids if u)))
+        return out
 
     def count(self, *, active_only: bool = False) -> int:
         return int(self.client.zcard(self.keys.active if active_only else self.keys.all))

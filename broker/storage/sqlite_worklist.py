@@ -522,7 +522,7 @@ class SqliteWorklistStore:
         self.db = db
         db.add_background(encode_pending)
         self.on_procedure_event = on_procedure_event
-        # events for a bus (broker/storage/sqlite_events.py), queued in the MPPS transaction
+        # events for a bus (broker/publishing.py), queued in the MPPS transaction
         self.on_procedure_publish = on_procedure_publish
         try:
             db.add_schema(WORKLIST_SCHEMA)

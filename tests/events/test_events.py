@@ -13,9 +13,9 @@ import jsonschema
 import pytest
 
 from broker.events import EVENT_TYPES, schema
+from broker.publishing import ProcedurePublisher
 from broker.routing.loader import Definitions, load_definitions
-from broker.storage.sqlite_events import ProcedurePublisher
-from tests.reconcile.test_store import Rig, sample, xo
+from tests.reconcile.test_store import Rig, rig_with, sample, xo
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "docs" / "schemas" / "event.schema.json").read_text())
@@ -26,24 +26,23 @@ def defs() -> Definitions:
     return load_definitions(ROOT / "routes", ROOT / "mappings")
 
 
-@pytest.fixture
-def rig(tmp_path: Path, defs: Definitions) -> Iterator[Rig]:
-    r = Rig(tmp_path / "broker.db", defs, {"pacs": "mllp", "events": "bus", "ehr": "mllp"})
-    r.store.on_procedure_publish = ProcedurePublisher(["events"])
-    yield r
-    r.db.close()
+@pytest.fixture(params=["sqlite", "redis"])
+def rig(request: pytest.FixtureRequest, tmp_path: Path, defs: Definitions) -> Iterator[Rig]:
+    """Each store backend in turn: the same events from the same changes."""
+    dests = {"pacs": "mllp", "events": "bus", "ehr": "mllp"}
+    for r in rig_with(request.param, tmp_path, defs, **dests):
+        r.store.on_procedure_publish = ProcedurePublisher(["events"])
+        yield r
 
 
 def published(rig: Rig) -> list[dict[str, Any]]:
-    rows = rig.sql(
-        "SELECT content_type, headers, payload, ordering_key FROM outbox "
-        "WHERE destination='events' ORDER BY id"
-    )
     out = []
-    for ctype, headers, payload, key in rows:
+    for dest, key, ctype, headers, payload in rig.entries():
+        if dest != "events":
+            continue
         body = json.loads(payload)
         assert ctype == "application/json"
-        assert json.loads(headers) == {"routing_key": body["type"]}
+        assert headers == {"routing_key": body["type"]}
         jsonschema.validate(body, SCHEMA)
         assert key == body["patient_id"] or body["type"] == "patient.merged"
         out.append(body)

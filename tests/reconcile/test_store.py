@@ -4,15 +4,18 @@ transaction (IHE PIR, RAD-12/13; DESIGN §2.4). python-hl7 reads what was queued
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import hl7
 import pytest
+import redis
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -25,12 +28,16 @@ from broker.hl7.message import Message
 from broker.ingest.journal import CommitResult, InboundRecord
 from broker.routing.engine import RouteEngine
 from broker.routing.loader import Definitions, load_definitions
+from broker.storage.redis_journal import RedisJournal
+from broker.storage.redis_queue import RedisQueue
+from broker.storage.redis_worklist import RedisWorklistStore
 from broker.storage.sqlite import SqliteDatabase
 from broker.storage.sqlite_journal import JOURNAL_SCHEMA
 from broker.storage.sqlite_queue import QUEUE_SCHEMA
 from broker.storage.sqlite_reconcile import RECONCILE_SCHEMA
 from broker.storage.sqlite_worklist import SqliteWorklistStore
 from broker.worklist import WorklistService
+from tests.redis_server import shared_redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"
@@ -52,12 +59,15 @@ class Rig:
         self.db = SqliteDatabase(
             path, schemas=[JOURNAL_SCHEMA, QUEUE_SCHEMA, RECONCILE_SCHEMA], synchronous="OFF"
         )
-        self.store = SqliteWorklistStore(self.db)
-        self.journal = make_journal(Settings(), self.db)
+        self.store: Any = SqliteWorklistStore(self.db)
+        self.journal: Any = make_journal(Settings(), self.db)
         self.engine = RouteEngine(defs, destinations)
         self.service = WorklistService(self.store)
         self.db.open()
         self.n = 0
+
+    def close(self) -> None:
+        self.db.close()
 
     def send(self, text: str) -> CommitResult:
         self.n += 1
@@ -89,13 +99,26 @@ class Rig:
             for p, i, k, s, j in rows
         ]
 
-    def outbox(self) -> list[tuple[str, str, str, bytes]]:
+    def history(self) -> list[tuple[str, str, str]]:
+        """(old, new, reason) of every item's history, item by item."""
         return [
-            (d, k, c, bytes(p))
-            for d, k, c, p in self.sql(
-                "SELECT destination, ordering_key, content_type, payload FROM outbox ORDER BY id"
+            (h["old"], h["new"], h["reason"])
+            for item_id in self.store.find_ids()
+            for h in self.store.get(item_id)["history"]
+        ]
+
+    def entries(self) -> list[tuple[str, str, str, dict[str, str], bytes]]:
+        """(destination, ordering key, content type, headers, payload) of every queued entry."""
+        return [
+            (d, k, c, json.loads(h), bytes(p))
+            for d, k, c, h, p in self.sql(
+                "SELECT destination, ordering_key, content_type, headers, payload FROM outbox "
+                "ORDER BY id"
             )
         ]
+
+    def outbox(self) -> list[tuple[str, str, str, bytes]]:
+        return [(d, k, c, p) for d, k, c, _, p in self.entries()]
 
     def changes(self) -> list[dict[str, Any]]:
         rows = self.sql(
@@ -131,25 +154,83 @@ class Rig:
         assert self.service.mpps_create("9.9.1", ds, "CT1_AE").status == 0
 
 
+class RedisRig(Rig):
+    """The same on the Redis store (the session's redis-server, keys of its own prefix)."""
+
+    def __init__(self, defs: Definitions, destinations: dict[str, str]) -> None:
+        self.prefix = f"rc{uuid.uuid4().hex[:10]}"
+        self.client = redis.Redis.from_url(shared_redis_url())
+        self.store = RedisWorklistStore(self.client, prefix=self.prefix)
+        self.journal = RedisJournal(self.client, self.store, prefix=self.prefix)
+        self.store.journal_reader = self.journal.original
+        self.engine = RouteEngine(defs, destinations)
+        self.service = WorklistService(self.store)
+        self.n = 0
+
+    def close(self) -> None:
+        self.journal.close()
+        self.client.close()
+
+    def items(self) -> list[dict[str, Any]]:
+        out = []
+        for item_id in self.store.find_ids():
+            k, key, status, text = self.client.hmget(
+                self.store.keys.item(item_id), ["k", "patient_key", "status", "json"]
+            )
+            keys = json.loads(k)
+            out.append({"patient_id": keys["patient_id"], "issuer": keys["issuer"],
+                        "patient_key": key.decode(), "status": status.decode(),
+                        "item": json.loads(text)})  # fmt: skip
+        return out
+
+    def entries(self) -> list[tuple[str, str, str, dict[str, str], bytes]]:
+        async def read() -> list[Any]:
+            async with RedisQueue.from_url(shared_redis_url(), prefix=self.prefix) as queue:
+                return await queue.entries(None, limit=100_000)
+
+        return [
+            (e.destination, e.ordering_key, e.content_type, dict(e.headers), e.payload)
+            for e in asyncio.run(read())
+        ]
+
+    def changes(self) -> list[dict[str, Any]]:
+        rows = reversed(self.journal.changes.history(limit=100_000))
+        return [
+            {"kind": r["kind"], "patient": r["patient_id"], "target": r["target_id"],
+             "order": r["order_key"], "items": r["items"], "detail": r["detail"]}
+            for r in rows
+        ]  # fmt: skip
+
+
 def value(item: dict[str, Any], tag: str) -> Any:
     v = (item.get(tag) or {}).get("Value") or [""]
     return v[0].get("Alphabetic") if isinstance(v[0], dict) else v[0]
 
 
-def rig_with(tmp_path: Path, defs: Definitions, **dests: str) -> Iterator[Rig]:
-    r = Rig(tmp_path / "broker.db", defs, dict(dests))
+def rig_with(backend: str, tmp_path: Path, defs: Definitions, **dests: str) -> Iterator[Rig]:
+    r = (
+        Rig(tmp_path / "broker.db", defs, dict(dests))
+        if backend == "sqlite"
+        else RedisRig(defs, dict(dests))
+    )
     yield r
-    r.db.close()
+    r.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def rig(request: pytest.FixtureRequest, tmp_path: Path, defs: Definitions) -> Iterator[Rig]:
+    """Each store backend in turn: reconciliation behaves the same on both."""
+    yield from rig_with(request.param, tmp_path, defs, pacs="mllp")
 
 
 @pytest.fixture
-def rig(tmp_path: Path, defs: Definitions) -> Iterator[Rig]:
-    yield from rig_with(tmp_path, defs, pacs="mllp")
+def sqlite_rig(tmp_path: Path, defs: Definitions) -> Iterator[Rig]:
+    yield from rig_with("sqlite", tmp_path, defs, pacs="mllp")
 
 
-@pytest.fixture
-def orthanc_rig(tmp_path: Path, defs: Definitions) -> Iterator[Rig]:
-    yield from rig_with(tmp_path, defs, pacs="orthanc")
+@pytest.fixture(params=["sqlite", "redis"])
+def orthanc_rig(request: pytest.FixtureRequest, tmp_path: Path, defs: Definitions) -> Iterator[Rig]:
+    yield from rig_with(request.param, tmp_path, defs, pacs="orthanc")
 
 
 def job(payload: bytes) -> dict[str, Any]:
@@ -181,7 +262,7 @@ def test_a08_updates_the_active_items_records_the_change_and_queues_the_adt(rig:
     assert str(adt.segment("MSH")[9]) == "ADT^A08"
     assert str(adt.segment("PID")[5]) == "HARTLEY^MARGARET^ANN^^MRS"
     # the item history says why the item changed (status unchanged)
-    hist = rig.sql("SELECT old_status, new_status, reason FROM worklist_history ORDER BY id")
+    hist = rig.history()
     assert hist[-1] == ("SCHEDULED", "SCHEDULED", "patient update")
 
 
@@ -289,10 +370,8 @@ def test_a40_moves_every_item_and_its_history_to_the_surviving_patient(rig: Rig)
     )  # fmt: skip
     assert change["items"] == 3
     # history of the moved items stays with them
-    ids = [r[0] for r in rig.sql("SELECT id FROM worklist_items")]
-    for item_id in ids:
-        reasons = [r[0] for r in rig.sql(
-            "SELECT reason FROM worklist_history WHERE item_id=? ORDER BY id", item_id)]  # fmt: skip
+    for item_id in rig.store.find_ids():
+        reasons = [h["reason"] for h in rig.store.get(item_id)["history"]]
         assert reasons[0] == "created" and reasons[-1] == "patient merge"
     ((_, key, _, payload),) = rig.outbox()
     msg = hl7.parse(payload.decode())
@@ -439,7 +518,8 @@ def test_cancel_before_anything_was_performed_stays_off_the_pacs(orthanc_rig: Ri
     assert orthanc_rig.items()[0]["status"] == "CANCELED"
 
 
-def test_change_history_is_kept_for_its_retention_only(rig: Rig) -> None:
+def test_change_history_is_kept_for_its_retention_only(sqlite_rig: Rig) -> None:
+    rig = sqlite_rig
     import datetime as dt
 
     from broker.storage.sqlite_reconcile import purge_history
@@ -452,7 +532,10 @@ def test_change_history_is_kept_for_its_retention_only(rig: Rig) -> None:
     assert rig.changes() == []
 
 
-def test_new_items_are_encoded_after_their_commit_and_answer_before_that(rig: Rig) -> None:
+def test_new_items_are_encoded_after_their_commit_and_answer_before_that(
+    sqlite_rig: Rig,
+) -> None:
+    rig = sqlite_rig
     # The upsert leaves the C-FIND encodings to background work (off the ACK path); a query
     # in between encodes the item on the fly, with the same answer.
     from broker.storage.sqlite_worklist import encode_pending

@@ -4,6 +4,7 @@ admin API answers the same report. The comparison itself is tested pure, too."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -14,7 +15,6 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from broker.app import make_journal, open_database
 from broker.cli import main
 from broker.config import Settings, load_settings
 from broker.hl7.charset import decode_frame
@@ -23,9 +23,10 @@ from broker.ingest.journal import InboundRecord
 from broker.reconcile.sweep import Study, SweepError, compare, parse_day
 from broker.routing.engine import RouteEngine
 from broker.routing.loader import load_definitions
-from broker.storage.sqlite_worklist import SqliteWorklistStore
+from broker.storage.factory import open_stores
 from tests.dicom_study import build_study
 from tests.orthanc_server import OrthancServer, orthanc_fixture, orthanc_server_fixture  # noqa: F401
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 UID1 = "1.2.826.0.1.3680043.2.1125.20261102083015.1002341"  # ZDS-1 of orm_o01_v231
@@ -125,13 +126,12 @@ def write_config(tmp_path: Path, pacs: OrthancServer, **extra: Any) -> Path:
 
 
 def schedule(settings: Settings, *names: str) -> None:
-    """Orders into the store the way ingest commits them."""
-    db = open_database(settings)
-    SqliteWorklistStore(db)
-    journal = make_journal(settings, db)
+    """Orders into the store (either backend) the way ingest commits them."""
+    stores = open_stores(settings)
+    journal = stores.journal
     engine = RouteEngine(load_definitions(settings.routes_dir, settings.mappings_dir),
                          settings.destination_types())  # fmt: skip
-    db.open()
+    stores.open()
     try:
         for n, name in enumerate(names):
             payload = (ROOT / "samples" / f"{name}.hl7").read_bytes()
@@ -142,7 +142,7 @@ def schedule(settings: Settings, *names: str) -> None:
                                    decoded.charset, payload)  # fmt: skip
             assert journal.commit_sync(record, engine.route(message)).ack_code == "AA"
     finally:
-        db.close()
+        stores.close()
 
 
 @pytest.fixture
@@ -192,17 +192,42 @@ def test_sweep_reports_mismatches_and_studies_without_order(
     assert "MARGARET" not in text.output and "<redacted>" in text.output
 
 
+def queued(settings: Settings) -> list[tuple[str, str, bytes]]:
+    """(destination, content type, payload) of every pending entry, on either backend."""
+    stores = open_stores(settings)
+    stores.open()
+
+    async def read() -> list[Any]:
+        try:
+            return await stores.queue.entries(None, limit=1000)
+        finally:
+            if stores.kind == "redis":
+                await stores.queue.aclose()  # in the loop its connections belong to
+
+    try:
+        entries = asyncio.run(read())
+    finally:
+        stores.close()
+    return [(e.destination, e.content_type, e.payload) for e in entries]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_sweep_apply_queues_a_correction_job_for_the_study(
-    tmp_path: Path, pacs_with_studies: OrthancServer
+    tmp_path: Path, pacs_with_studies: OrthancServer, backend: str
 ) -> None:
-    config = write_config(tmp_path, pacs_with_studies)
-    schedule(load_settings(config), "orm_o01_v231")
+    extra: dict[str, Any] = {}
+    if backend == "redis":
+        server = RedisServer(tmp_path / "redis").start()
+        extra["store"] = server.url
+    config = write_config(tmp_path, pacs_with_studies, **extra)
+    settings = load_settings(config)
+    schedule(settings, "orm_o01_v231")
     result = CliRunner().invoke(
         main, ["reconcile", "sweep", "--config", str(config), "--since", "2026-01-01",
                "--apply"])  # fmt: skip
     assert result.exit_code == 1
     assert "queued: study" in result.output
-    ((dest, ctype, payload),) = outbox(tmp_path / "broker.db")
+    ((dest, ctype, payload),) = queued(settings)
     assert (dest, ctype) == ("pacs", "application/vnd.broker.reconcile+json")
     job = json.loads(payload)
     assert job["op"] == "update_order" and job["study_uids"] == [UID1]
@@ -211,6 +236,8 @@ def test_sweep_apply_queues_a_correction_job_for_the_study(
     history = CliRunner().invoke(main, ["reconcile", "history", "--config", str(config)])
     (line,) = history.output.splitlines()
     assert json.loads(line)["kind"] == "sweep" and "MARGRET" not in line
+    if backend == "redis":
+        server.stop()
 
 
 def test_sweep_with_an_unreachable_pacs_is_a_clear_error(

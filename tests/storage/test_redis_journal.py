@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from broker.effects import Enqueue, PatientChange, PatientRef, WorklistStatusChange, WorklistUpsert
+from broker.errors import StoreError
 from broker.ingest.decision import RouteDecision
 from broker.ingest.journal import InboundRecord
 from broker.storage.redis_journal import RedisJournal
@@ -120,12 +121,14 @@ async def test_a_conflict_applies_nothing_and_answers_ae(nodes: tuple[Node, Node
     assert fixed.ack_code == "AA" and not fixed.duplicate
 
 
-def test_effects_redis_cannot_apply_get_a_clear_ae(nodes: tuple[Node, Node]) -> None:
+def test_a_patient_change_for_an_unknown_patient_is_ae_and_applies_nothing(
+    nodes: tuple[Node, Node],
+) -> None:
     a, _ = nodes
-    change = PatientChange("update", PatientRef("P1"), {})
+    change = PatientChange("update", PatientRef("P404"), {}, outbound=())
     result = a.journal.commit_sync(record("C1"), RouteDecision("adt", effects=(change,)))
-    assert result.ack_code == "AE" and result.errors[0].code == 207
-    assert "Redis store cannot apply PatientChange" in result.errors[0].text
+    assert result.ack_code == "AE" and result.errors[0].code == 204
+    assert a.journal.changes.history() == []
 
 
 def test_concurrent_commits_on_one_order_from_two_nodes_stay_consistent(
@@ -193,3 +196,18 @@ def test_status_change_and_retention(nodes: tuple[Node, Node]) -> None:
         a.journal.commit_sync(record(f"OLD{n}", old), RouteDecision(route=None))
     assert a.journal.purge(30 * 86400, now=now) == 30
     assert {e.control_id for e in a.journal.recent(100)} == {"C1", "C2"}
+
+
+async def test_stores_open_while_redis_is_unreachable_and_say_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from broker.config import Settings
+    from broker.storage.factory import open_stores
+    from tests.redis_server import free_port
+
+    settings = Settings.model_validate({"store": f"redis://127.0.0.1:{free_port()}/0"})
+    async with open_stores(settings) as stores:
+        assert not stores.ping()
+        assert "Redis does not answer" in caplog.text
+        with pytest.raises(StoreError):
+            await stores.journal.commit(record("C1"), order("O1", "S1"))

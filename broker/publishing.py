@@ -1,4 +1,5 @@
-"""Which events a committed change makes, queued in the change's own transaction.
+"""Which events a committed change makes, queued in the change's own transaction (any
+store: the store's :class:`broker.reconcile.ops.ChangeOps` reads and queues).
 
 Two sources: the effects of an inbound message (a route's ``publish`` action, applied after
 the message's other effects from what they did: :func:`apply_publish`), and MPPS procedure
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import sqlite3
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -27,7 +27,7 @@ from broker.effects import (
     WorklistUpsert,
 )
 from broker.reconcile import changes as rc
-from broker.storage.sqlite_queue import apply_enqueue
+from broker.reconcile.ops import ChangeOps
 from broker.worklist import item as wi
 from broker.worklist.status_message import ProcedureEvent
 
@@ -49,18 +49,14 @@ def _now() -> str:
 
 
 def _enqueue(
-    conn: sqlite3.Connection, to: Sequence[str], type_: str, payload: bytes, key: str, jid: int
+    ops: ChangeOps, to: Sequence[str], type_: str, payload: bytes, key: str, jid: int
 ) -> None:
     for dest in to:
-        apply_enqueue(
-            conn,
-            Enqueue(dest, payload, key, events.CONTENT_TYPE, {"routing_key": type_}),
-            jid,
-        )
+        ops.enqueue(Enqueue(dest, payload, key, events.CONTENT_TYPE, {"routing_key": type_}), jid)
 
 
 def apply_publish(
-    conn: sqlite3.Connection,
+    ops: ChangeOps,
     effect: Publish,
     before: tuple[Effect, ...],
     summaries: list[dict[str, Any]],
@@ -88,12 +84,8 @@ def apply_publish(
                 made.append((type_, payload, _patient(item)))
         elif isinstance(eff, WorklistStatusChange):
             if summary.get("changed") and eff.status in _ENDED:
-                rows = conn.execute(
-                    "SELECT json FROM worklist_items WHERE order_key=? ORDER BY id",
-                    (eff.order_key,),
-                ).fetchall()
-                for (text,) in rows:
-                    item = json.loads(text)
+                for row in ops.order_items(eff.order_key):
+                    item = json.loads(row.text)
                     payload = events.for_item(
                         "order.cancelled", next_id(), now, item,
                         extra={"order_status": eff.status}, source=src,
@@ -116,7 +108,7 @@ def apply_publish(
         )
         made.append(("result.received", payload, patient))
     for type_, payload, key in made:
-        _enqueue(conn, effect.to, type_, payload, key, journal_id)
+        _enqueue(ops, effect.to, type_, payload, key, journal_id)
     return {
         "published": [t for t, _, _ in made],
         **({"queued_to": list(effect.to)} if made else {}),

@@ -1,0 +1,249 @@
+"""The store a config names, built in one place: ``store: sqlite:///PATH`` (embedded, the
+default) or ``store: redis://HOST:PORT/DB`` (shared by several broker nodes).
+
+:func:`open_stores` returns the journal, the worklist and the delivery queue of one backend
+as :class:`Stores`; ``broker serve`` and the commands that read the store use it, so nothing
+else chooses a backend.
+
+Both backends hold the same things (journal, dedupe keys, worklist with MPPS, reconcile
+changes and their history, events, delivery queues) and apply every effect, and the
+reconcile sweep's corrections, with the same logic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from broker.config import Settings
+from broker.effects import OrderChange, PatientChange, WorklistStatusChange, WorklistUpsert
+from broker.errors import ConfigError
+from broker.publishing import apply_publish
+from broker.queue import DeliveryQueue
+from broker.reconcile.apply import queue_sweep_corrections
+from broker.reconcile.sweep import OrderItem, SweepReport
+from broker.storage import redis_tx
+from broker.storage.redis_journal import RedisJournal
+from broker.storage.redis_keys import DEFAULT_PREFIX
+from broker.storage.redis_queue import RedisQueue
+from broker.storage.redis_worklist import ProcedurePublishHook, RedisWorklistStore
+from broker.storage.sqlite import SqliteDatabase
+from broker.storage.sqlite_journal import JOURNAL_SCHEMA, Applier, SqliteJournal
+from broker.storage.sqlite_queue import QUEUE_SCHEMA, SqliteQueue
+from broker.storage.sqlite_reconcile import (
+    RECONCILE_SCHEMA,
+    SqliteChangeOps,
+    apply_order_change,
+    apply_patient_change,
+    history,
+    purge_history,
+    sweep_items,
+)
+from broker.storage.sqlite_worklist import (
+    SqliteWorklistStore,
+    apply_worklist_status,
+    apply_worklist_upsert,
+)
+from broker.worklist.status_message import ProcedureEventHook
+
+log = logging.getLogger(__name__)
+
+#: Socket timeouts of the store's Redis client: a Redis that does not answer within this is
+#: down (the message gets AE; the sender sends it again).
+REDIS_SOCKET_TIMEOUT_S = 5.0
+#: Actions whose effects only the embedded store applies.
+EMBEDDED_ONLY_ACTIONS = ("reconcile", "publish")
+
+
+def is_redis(settings: Settings) -> bool:
+    return settings.store.startswith(("redis://", "rediss://"))
+
+
+def open_database(settings: Settings) -> SqliteDatabase:
+    """The embedded store with every module's schema registered (not yet opened)."""
+    if is_redis(settings):
+        raise ConfigError(f"store: {settings.store!r} is a Redis store, not an SQLite file")
+    return SqliteDatabase(
+        settings.sqlite_path, schemas=[JOURNAL_SCHEMA, QUEUE_SCHEMA, RECONCILE_SCHEMA]
+    )
+
+
+def make_journal(settings: Settings, db: SqliteDatabase) -> SqliteJournal:
+    """The SQLite journal with the appliers that turn routed effects into store changes."""
+    appliers: dict[type, Applier] = {
+        WorklistUpsert: apply_worklist_upsert,
+        WorklistStatusChange: apply_worklist_status,
+        PatientChange: apply_patient_change,
+        OrderChange: apply_order_change,
+    }
+    return SqliteJournal(
+        db,
+        appliers,
+        dedupe_window_s=settings.journal.dedupe_window_hours * 3600,
+        publisher=lambda conn, effect, before, done, jid: apply_publish(
+            SqliteChangeOps(conn), effect, before, done, jid
+        ),
+    )
+
+
+def redis_client(settings: Settings) -> Redis:
+    """The synchronous client of a ``redis://`` store (bytes replies, TCP_NODELAY, short
+    retries of a broken connection: every store write is a transaction safe to resend)."""
+    try:
+        return Redis.from_url(
+            settings.store,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
+            decode_responses=False,
+            max_connections=64,
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"store: {settings.store!r}: {exc}; expected redis://HOST:PORT/DB"
+        ) from exc
+
+
+@dataclass
+class Stores:
+    """The journal, worklist and delivery queue of one backend; ``async with`` opens them."""
+
+    kind: str  # "sqlite" | "redis"
+    journal: Any  # SqliteJournal | RedisJournal
+    worklist: Any  # SqliteWorklistStore | RedisWorklistStore
+    queue: DeliveryQueue
+    db: SqliteDatabase | None = None
+    client: Redis | None = None
+
+    async def __aenter__(self) -> Stores:
+        if self.db is not None:
+            await self.db.__aenter__()
+        elif not self.ping():
+            # Not fatal: commits answer AE and /health says so until Redis is back.
+            log.error("store %s: Redis does not answer; messages get AE until it does", self.kind)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self.db is not None:
+            await self.db.__aexit__(None, None, None)
+            return
+        self.journal.close()
+        if isinstance(self.queue, RedisQueue):
+            await self.queue.aclose()
+        if self.client is not None:
+            self.client.close()
+
+    def open(self) -> None:
+        """Open for a command-line tool (no event loop)."""
+        if self.db is not None:
+            self.db.open()
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            return
+        self.journal.close()
+        if self.client is not None:
+            self.client.close()
+
+    def ping(self) -> bool:
+        """Does the store answer a trivial read?"""
+        try:
+            if self.db is not None:
+                self.db.reader().execute("SELECT 1").fetchone()
+                return True
+            assert self.client is not None
+            return bool(self.client.ping())
+        except (RedisError, OSError, Exception):
+            return False
+
+    def exists(self) -> bool:
+        """Has a broker written this store yet (commands refuse to create an empty one)?"""
+        if self.db is not None:
+            return self.db.path.exists()
+        return True
+
+    def purge_reconcile_history(self, days: int) -> int:
+        if self.db is None:
+            return int(self.journal.changes.purge(days))
+        return purge_history(self.db, days)
+
+    def sweep_items(self, accessions: Sequence[str], study_uids: Sequence[str]) -> list[OrderItem]:
+        """Items holding one of the accessions or study UIDs (the sweep's lookup)."""
+        if self.db is None:
+            found: list[OrderItem] = self.worklist.sweep_items(accessions, study_uids)
+            return found
+        return sweep_items(self.db.reader(), accessions, study_uids)
+
+    def queue_sweep_corrections(
+        self, report: SweepReport, destination: str, dest_type: str | None
+    ) -> None:
+        """Record and queue the sweep's corrections in one transaction."""
+        if self.db is None:
+            journal = self.journal
+            redis_tx.run(
+                journal.client,
+                lambda tx: queue_sweep_corrections(
+                    journal.change_ops(tx), report, destination, dest_type
+                ),
+                "queue sweep corrections",
+            )
+            return
+        self.db.write_sync(
+            lambda conn: queue_sweep_corrections(
+                SqliteChangeOps(conn), report, destination, dest_type
+            )
+        )
+
+    def reconcile_history(
+        self, *, patient: str = "", order: str = "", limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Recorded reconcile changes, newest first (``broker reconcile history``)."""
+        if self.db is None:
+            rows: list[dict[str, Any]] = self.journal.changes.history(
+                patient=patient, order=order, limit=limit
+            )
+            return rows
+        return history(self.db.reader(), patient=patient, order=order, limit=limit)
+
+
+def open_stores(
+    settings: Settings,
+    *,
+    on_procedure_event: ProcedureEventHook | None = None,
+    on_procedure_publish: ProcedurePublishHook | None = None,
+) -> Stores:
+    """The configured backend's stores, not yet opened: ``async with`` in the server,
+    ``open()``/``close()`` in a command."""
+    if not is_redis(settings):
+        db = open_database(settings)
+        worklist = SqliteWorklistStore(
+            db, on_procedure_event=on_procedure_event, on_procedure_publish=on_procedure_publish
+        )
+        return Stores("sqlite", make_journal(settings, db), worklist, SqliteQueue(db), db=db)
+    client = redis_client(settings)
+    redis_worklist = RedisWorklistStore(
+        client,
+        prefix=DEFAULT_PREFIX,
+        on_procedure_event=on_procedure_event,
+        on_procedure_publish=on_procedure_publish,
+    )
+    journal = RedisJournal(
+        client,
+        redis_worklist,
+        prefix=DEFAULT_PREFIX,
+        dedupe_window_s=settings.journal.dedupe_window_hours * 3600,
+    )
+    redis_worklist.journal_reader = journal.original
+    queue = RedisQueue.from_url(settings.store, prefix=DEFAULT_PREFIX)
+    return Stores("redis", journal, redis_worklist, queue, client=client)

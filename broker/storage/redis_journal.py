@@ -10,7 +10,7 @@ Redis has the whole unit on disk before EXEC answers, and only then does the ACK
 
 Keys (prefix ``broker``, hash tag ``{s}``)::
 
-    broker:{s}:journal:ids            string  last journal id
+    broker:{s}:journal:ids            string  last journal id handed out (in blocks per node)
     broker:{s}:journal                zset    entry ids, score = received_at
     broker:{s}:journal:<id>           hash    the entry (received_at, listener, peer, sender,
                                               control_id, message_type, version, charset,
@@ -56,8 +56,14 @@ from broker.storage import redis_tx
 from broker.storage.redis_keys import DEFAULT_PREFIX
 from broker.storage.redis_queue import RedisOutbox
 from broker.storage.redis_reconcile import RedisChangeLog, RedisChangeOps
-from broker.storage.redis_tx import Tx
-from broker.storage.redis_worklist import RedisWorklistStore, apply_status, apply_upsert, ids_of
+from broker.storage.redis_tx import IdBlocks, Tx
+from broker.storage.redis_worklist import (
+    RedisWorklistStore,
+    apply_status,
+    apply_upsert,
+    ids_of,
+    prefetch,
+)
 from broker.worklist.status_message import OriginalMessage
 
 #: Default window within which the same MSH-10 from the same sender is a duplicate.
@@ -99,6 +105,7 @@ class RedisJournal:
         self.worklist = worklist
         self.outbox = RedisOutbox(client, prefix=prefix)
         self.dedupe_window_s = dedupe_window_s
+        self._ids = IdBlocks(client, self.keys.ids)
         wl = worklist.keys
         self.changes = RedisChangeLog(client, prefix)
         self.appliers: dict[type, Applier] = {
@@ -126,7 +133,7 @@ class RedisJournal:
         return await loop.run_in_executor(self._pool, self.commit_sync, record, decision)
 
     def commit_sync(self, record: InboundRecord, decision: RouteDecision) -> CommitResult:
-        journal_id = int(redis_tx.read(self.client, lambda c: c.incr(self.keys.ids), "journal"))
+        journal_id = self._ids.next()
         return redis_tx.run(
             self.client, lambda tx: self._commit(tx, record, decision, journal_id), "commit"
         )
@@ -135,6 +142,9 @@ class RedisJournal:
         self, tx: Tx, record: InboundRecord, decision: RouteDecision, journal_id: int
     ) -> CommitResult:
         dedupe = self.keys.dedupe(record.sender, record.control_id)
+        # everything this commit will read first, in one round trip with its WATCH
+        ahead = prefetch(self.worklist.keys, decision.effects) if decision.ack_code == "AA" else []
+        tx.fetch([("GET", dedupe), *ahead] if record.control_id else ahead)
         if record.control_id:
             original = tx.get(dedupe)
             if original is not None:
@@ -229,7 +239,7 @@ class RedisJournal:
     def _rejected(
         self, record: InboundRecord, ack_code: AckCode, errors: tuple[AckError, ...]
     ) -> int:
-        journal_id = int(redis_tx.read(self.client, lambda c: c.incr(self.keys.ids), "journal"))
+        journal_id = self._ids.next()
         detail = {"errors": [asdict(e) for e in errors]}
         redis_tx.run(
             self.client,

@@ -23,7 +23,7 @@ from broker.effects import DicomJson, Enqueue, PatientRef
 from broker.reconcile.ops import ItemRow
 from broker.storage.redis_keys import DEFAULT_PREFIX
 from broker.storage.redis_queue import RedisOutbox
-from broker.storage.redis_tx import Tx
+from broker.storage.redis_tx import IdBlocks, Tx
 from broker.storage.redis_worklist import WorklistKeys, Writer, ids_of
 from broker.worklist.stored import PreparedItem, now_text
 
@@ -37,6 +37,7 @@ class RedisChangeLog:
         self.ids = f"{base}:ids"
         self.records = base
         self.index = f"{base}:at"
+        self.id_blocks = IdBlocks(client, self.ids)
 
     def history(
         self, *, patient: str = "", order: str = "", limit: int = 100
@@ -149,7 +150,7 @@ class RedisChangeOps:
         items: int = 0,
         detail: dict[str, Any],
     ) -> int:
-        change_id = int(self.client.incr(self.log.ids))
+        change_id = self.log.id_blocks.next()
         record = {
             "id": change_id,
             "at": now_text(),

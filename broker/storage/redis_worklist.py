@@ -8,7 +8,7 @@ MULTI/EXEC, and it starts again if another node changed them meanwhile.
 
 Keys (prefix ``broker``, every one under the hash tag ``{s}``)::
 
-    broker:{s}:wl:ids               string  last item id handed out
+    broker:{s}:wl:ids               string  last item id handed out (in blocks per node)
     broker:{s}:wl:item:<id>         hash    json, charset, enc_i/lay_i, enc_e/lay_e (pre-
                                             encoded for both transfer syntaxes), k (index
                                             keys, JSON), order_key, patient_key, status,
@@ -46,6 +46,7 @@ import fnmatch
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -56,7 +57,8 @@ from broker.effects import Enqueue, Skipped, WorklistStatusChange, WorklistUpser
 from broker.storage import redis_tx
 from broker.storage.redis_keys import DEFAULT_PREFIX
 from broker.storage.redis_queue import RedisOutbox
-from broker.storage.redis_tx import Tx
+from broker.storage.redis_tx import IdBlocks, Tx
+from broker.worklist import item as wi
 from broker.worklist import lifecycle, mpps
 from broker.worklist.item import DicomJson
 from broker.worklist.query import Constraint, IndexPlan
@@ -257,8 +259,8 @@ class Writer:
         self.tx = tx
 
     def new_id(self) -> int:
-        # outside the transaction: ids only need to be unique and growing
-        return int(self.client.incr(self.keys.ids))
+        # outside the transaction (a retried unit leaves a gap): ids only need to be unique
+        return item_ids(self.keys, self.client).next()
 
     def insert(
         self,
@@ -386,6 +388,19 @@ class Writer:
         return [(i, self.stored(i)) for i in ids]
 
 
+_ITEM_IDS: dict[tuple[int, str], IdBlocks] = {}
+_ITEM_IDS_LOCK = threading.Lock()
+
+
+def item_ids(keys: WorklistKeys, client: Redis) -> IdBlocks:
+    """The item id blocks of one client and key (one per store in a process)."""
+    with _ITEM_IDS_LOCK:
+        found = _ITEM_IDS.get((id(client), keys.ids))
+        if found is None or found.client is not client:
+            found = _ITEM_IDS[(id(client), keys.ids)] = IdBlocks(client, keys.ids)
+        return found
+
+
 def _list(values: Any) -> list[Any]:
     """A reply redis-py types loosely, as the list it is."""
     return list(values)
@@ -409,6 +424,21 @@ def _s(value: bytes | str | None) -> str:
 
 def _epoch(iso: str) -> float:
     return _dt.datetime.fromisoformat(iso).timestamp()
+
+
+def prefetch(keys: WorklistKeys, effects: Iterable[object]) -> list[tuple[str, str]]:
+    """The reads the worklist appliers will start with, for :meth:`Tx.fetch`: each order's
+    item set and the holders of each new Study Instance UID."""
+    out: list[tuple[str, str]] = []
+    for effect in effects:
+        if isinstance(effect, WorklistUpsert | WorklistStatusChange):
+            out.append(("SMEMBERS", keys.order(effect.order_key)))
+        if isinstance(effect, WorklistUpsert):
+            for item in effect.items:
+                uid = wi.first_text(item, wi.STUDY_INSTANCE_UID)
+                if uid:
+                    out.append(("SMEMBERS", keys.by("study_uid", uid)))
+    return out
 
 
 def apply_upsert(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -327,6 +328,11 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Broker(settings) as broker:
+        # Everything loaded at start (routes, compiled mappings, pydicom's dictionaries) lives
+        # as long as the process: moved out of the collector's view, a full collection no
+        # longer walks it. Measured at a paced 1,000 msg/s: the worst ACK latency fell from
+        # 39-100 ms (a full collection mid-message) to 18-23 ms (docs/PERFORMANCE.md).
+        gc.freeze()
         loop.add_signal_handler(signal.SIGHUP, broker.reload_routes)
         ports = ", ".join(f"{lst.name}={lst.port}" for lst in broker.listeners)
         log.info("broker ready: mllp %s; store %s", ports, settings.store)

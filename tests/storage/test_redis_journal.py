@@ -211,3 +211,35 @@ async def test_stores_open_while_redis_is_unreachable_and_say_so(
         assert "Redis does not answer" in caplog.text
         with pytest.raises(StoreError):
             await stores.journal.commit(record("C1"), order("O1", "S1"))
+
+
+def test_a_redis_out_of_memory_refuses_the_whole_commit_then_recovers(tmp_path: Any) -> None:
+    """maxmemory with noeviction: the commit fails whole (StoreError: the sender gets AE),
+    nothing of it is kept, and once memory is freed the same message commits."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis", "--maxmemory", "4mb", "--maxmemory-policy",
+                         "noeviction").start()  # fmt: skip
+    try:
+        client = redis.Redis.from_url(server.url)
+        worklist = RedisWorklistStore(client)
+        journal = RedisJournal(client, worklist)
+        filler = 0
+        while True:  # fill Redis up to its limit
+            try:
+                client.set(f"filler:{filler}", b"x" * 65536)
+                filler += 1
+            except redis.exceptions.OutOfMemoryError:
+                break
+        keys_before = set(client.keys())
+        with pytest.raises(StoreError):
+            journal.commit_sync(record("C1"), order("O1", "S1"))
+        # nothing of the unit was applied (an id counter may have moved: ids may have gaps)
+        assert {k for k in set(client.keys()) - keys_before if not k.endswith(b":ids")} == set()
+        client.delete(*(f"filler:{n}" for n in range(filler)))
+        result = journal.commit_sync(record("C1"), order("O1", "S1"))
+        assert result.ack_code == "AA" and worklist.count() == 1
+        journal.close()
+        client.close()
+    finally:
+        server.stop()

@@ -33,7 +33,7 @@ from broker.storage import redis_tx
 from broker.storage.redis_journal import RedisJournal
 from broker.storage.redis_keys import DEFAULT_PREFIX
 from broker.storage.redis_queue import RedisQueue
-from broker.storage.redis_worklist import ProcedurePublishHook, RedisWorklistStore
+from broker.storage.redis_worklist import RedisWorklistStore
 from broker.storage.sqlite import SqliteDatabase
 from broker.storage.sqlite_journal import JOURNAL_SCHEMA, Applier, SqliteJournal
 from broker.storage.sqlite_queue import QUEUE_SCHEMA, SqliteQueue
@@ -51,6 +51,7 @@ from broker.storage.sqlite_worklist import (
     apply_worklist_status,
     apply_worklist_upsert,
 )
+from broker.worklist.mpps_apply import ProcedurePublishHook
 from broker.worklist.status_message import ProcedureEventHook
 
 log = logging.getLogger(__name__)

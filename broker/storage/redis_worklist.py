@@ -53,7 +53,7 @@ from typing import Any
 
 from redis import Redis
 
-from broker.effects import Enqueue, Skipped, WorklistStatusChange, WorklistUpsert
+from broker.effects import Enqueue, WorklistStatusChange, WorklistUpsert
 from broker.storage import redis_tx
 from broker.storage.redis_keys import DEFAULT_PREFIX
 from broker.storage.redis_queue import RedisOutbox
@@ -61,16 +61,20 @@ from broker.storage.redis_tx import IdBlocks, Tx
 from broker.worklist import item as wi
 from broker.worklist import lifecycle, mpps
 from broker.worklist.item import DicomJson
+from broker.worklist.mpps_apply import (
+    LinkedItem,
+    MppsInstance,
+    ProcedurePublishHook,
+    apply_mpps,
+)
 from broker.worklist.query import Constraint, IndexPlan
-from broker.worklist.status_message import OriginalMessage, ProcedureEvent, ProcedureEventHook
+from broker.worklist.status_message import OriginalMessage, ProcedureEventHook
 from broker.worklist.stored import PreparedItem, now_text, plan_upsert, with_status
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RedisWorklistStore", "WorklistKeys"]
 
-#: MPPS procedure event + the item -> the event entries to queue (bus destinations).
-ProcedurePublishHook = Callable[[ProcedureEvent, DicomJson], Sequence[Enqueue]]
 #: Reads a journal entry's raw message and charset (the order an order-status answers).
 JournalReader = Callable[[Tx, int], OriginalMessage | None]
 
@@ -624,178 +628,16 @@ class RedisWorklistStore:
         calling_ae: str,
         links: Sequence[tuple[str, str, str, str]] = (),
     ) -> mpps.Decision:
-        """MPPS N-CREATE / N-SET in one transaction (see the SQLite store's ``mpps_apply``)."""
-        requested = _pps_status(dataset)
-        key = self.keys.mpps(sop_instance_uid)
-
-        def unit(tx: Tx) -> mpps.Decision:
-            now = now_text()
-            stored = tx.hgetall(key)
-            state = _s(stored.get("state")) or None
-            decision = (mpps.on_create if kind == "create" else mpps.on_set)(state, requested)
-            if not decision.ok or decision.state is None:
-                return decision
-            if kind == "create":
-                item_ids = self._linked_items(tx, links)
-                study_uid = next((s for s, _, _, _ in links if s), "")
-                tx.hset(
-                    key,
-                    {
-                        "state": decision.state,
-                        "calling_ae": calling_ae,
-                        "study_uid": study_uid,
-                        "item_ids": json.dumps(item_ids),
-                        "json": json.dumps(dataset),
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                )
-                if study_uid:
-                    for item_id in item_ids:
-                        tx.hset(self.keys.item(item_id), {"performed_study_uid": study_uid})
-                        tx.sadd(self.keys.by("performed_study_uid", study_uid), str(item_id))
-            else:
-                merged = {**json.loads(stored["json"]), **dataset}
-                item_ids = json.loads(stored["item_ids"])
-                study_uid = _s(stored.get("study_uid"))
-                tx.hset(
-                    key, {"state": decision.state, "json": json.dumps(merged), "updated_at": now}
-                )
-            if decision.event is not None:
-                self._mpps_event(
-                    tx, decision, sop_instance_uid, item_ids, study_uid, calling_ae, now
-                )
-            return decision
-
-        return redis_tx.run(self.client, unit, f"MPPS N-{kind.upper()}")
-
-    def _linked_items(self, tx: Tx, links: Sequence[tuple[str, str, str, str]]) -> list[int]:
-        """Items named by the Scheduled Step Attributes Sequence (study UID or accession
-        needed; every non-empty key of a link must be equal)."""
-        ids: list[int] = []
-        for study_uid, accession, rp_id, sps_id in links:
-            if not study_uid and not accession:
-                continue
-            field, value = ("study_uid", study_uid) if study_uid else ("accession", accession)
-            for member in sorted(int(m) for m in tx.smembers(self.keys.by(field, value))):
-                raw = tx.hmget(self.keys.item(member), ["k"])[0]
-                if raw is None:
-                    continue
-                k = json.loads(raw)
-                wanted = (("study_uid", study_uid), ("accession", accession), ("rp_id", rp_id))
-                if (
-                    all(not v or k[f] == v for f, v in wanted)
-                    and (not sps_id or k["sps_id"] == sps_id)
-                    and member not in ids
-                ):
-                    ids.append(member)
-        return ids
-
-    def _mpps_event(
-        self,
-        tx: Tx,
-        decision: mpps.Decision,
-        uid: str,
-        item_ids: Sequence[int],
-        study_uid: str,
-        calling_ae: str,
-        now: str,
-    ) -> None:
-        assert decision.event is not None
-        w = Writer(self.keys, self.client, tx)
-        if not item_ids:  # unscheduled: recorded without an item
-            self._record_event(
-                tx,
-                {
-                    "kind": decision.event,
-                    "at": now,
-                    "mpps_uid": uid,
-                    "item_id": None,
-                    "study_uid": study_uid,
-                    "calling_ae": calling_ae,
-                },
-            )
-            return
-        for item_id in item_ids:
-            fields = w.stored(item_id)
-            if not fields:
-                continue  # purged meanwhile
-            old, text = _s(fields.get("status")), _s(fields.get("json"))
-            k = json.loads(fields["k"])
-            journal_id = int(_s(fields.get("journal_id")) or 0)
-            new: str | None = None
-            if decision.item_status is not None:
-                new = lifecycle.transition(old, decision.item_status)
-                if new is not None:
-                    w.set_status(
-                        item_id, text, old, new, f"MPPS {decision.state}", "mpps", None, now
-                    )
-            record = {
-                "kind": decision.event,
-                "at": now,
-                "mpps_uid": uid,
-                "item_id": item_id,
-                "order_key": _s(fields.get("order_key")),
-                "accession": k["accession"],
-                "rp_id": k["rp_id"],
-                "sps_id": k["sps_id"],
-                "study_uid": study_uid or k["study_uid"],
-                "calling_ae": calling_ae,
-            }
-            event_id = self._record_event(tx, record)
-            if self.on_procedure_event is None and self.on_procedure_publish is None:
-                continue
-            event = ProcedureEvent(
-                event_id,
-                decision.event,
-                now,
-                uid,
-                item_id,
-                record["order_key"],
-                k["accession"],
-                k["rp_id"],
-                k["sps_id"],
-                record["study_uid"],
-                calling_ae,
-                old,
-                new,
-            )
-            item = json.loads(text)
-            if self.on_procedure_event is not None:
-                record.update(self._notify(tx, event, item, journal_id))
-                tx.op("hset", self.keys.events, str(event_id), json.dumps(record))
-            if self.on_procedure_publish is not None:
-                for enqueue in self.on_procedure_publish(event, item):
-                    self.outbox.add(tx, enqueue, journal_id, time.time())
-
-    def _record_event(self, tx: Tx, record: dict[str, Any]) -> int:
-        event_id = int(self.client.incr(self.keys.event_ids))
-        record["id"] = event_id
-        tx.op("hset", self.keys.events, str(event_id), json.dumps(record))
-        return event_id
-
-    def _notify(
-        self, tx: Tx, event: ProcedureEvent, item: DicomJson, journal_id: int
-    ) -> dict[str, Any]:
-        """The order-status hook's answer, applied in the MPPS transaction (the notice
-        fields of the event record)."""
-        assert self.on_procedure_event is not None
-        original = None
-        if journal_id and self.journal_reader is not None:
-            original = self.journal_reader(tx, journal_id)
-        try:
-            result = self.on_procedure_event(event, item, original)
-        except Exception as exc:
-            log.exception("order status for worklist item %d failed", event.item_id)
-            return _notice("failed", "", None, type(exc).__name__)
-        if isinstance(result, Enqueue):
-            outbox_id = self.outbox.add(tx, result, journal_id, time.time())
-            return _notice(
-                "queued", result.destination, outbox_id, result.headers.get("control_id", "")
-            )
-        if isinstance(result, Skipped):
-            return _notice("skipped", "", None, result.reason)
-        return {}
+        """MPPS N-CREATE / N-SET in one transaction
+        (:func:`broker.worklist.mpps_apply.apply_mpps`)."""
+        return redis_tx.run(
+            self.client,
+            lambda tx: apply_mpps(
+                RedisMppsOps(self, tx), kind, sop_instance_uid, dataset, calling_ae, links,
+                on_event=self.on_procedure_event, on_publish=self.on_procedure_publish,
+            ),
+            f"MPPS N-{kind.upper()}",
+        )  # fmt: skip
 
     def mpps_state(self, sop_instance_uid: str) -> str | None:
         state = redis_tx.read(
@@ -1001,21 +843,110 @@ def _literal_prefix(pattern: str) -> str:
     return pattern
 
 
-def _pps_status(dataset: DicomJson) -> str | None:
-    elem = dataset.get("00400252")
-    if not isinstance(elem, dict):
-        return None
-    values = elem.get("Value") or []
-    return str(values[0]) if values else ""
+class RedisMppsOps:
+    """:class:`broker.worklist.mpps_apply.MppsOps` in one Redis transaction."""
 
+    def __init__(self, store: RedisWorklistStore, tx: Tx) -> None:
+        self.store = store
+        self.keys = store.keys
+        self.tx = tx
+        self.writer = Writer(store.keys, store.client, tx)
+        self._events: dict[int, dict[str, Any]] = {}
 
-def _notice(result: str, destination: str, outbox_id: int | None, detail: str) -> dict[str, Any]:
-    return {
-        "notified": result,
-        "notified_to": destination,
-        "outbox_id": outbox_id,
-        "notified_detail": detail,
-    }
+    def instance(self, uid: str) -> MppsInstance | None:
+        stored = self.tx.hgetall(self.keys.mpps(uid))
+        if not stored:
+            return None
+        return MppsInstance(
+            _s(stored["state"]),
+            json.loads(stored["json"]),
+            json.loads(stored["item_ids"]),
+            _s(stored.get("study_uid")),
+        )
+
+    def create_instance(
+        self,
+        uid: str,
+        state: str,
+        calling_ae: str,
+        study_uid: str,
+        item_ids: list[int],
+        dataset: DicomJson,
+        now: str,
+    ) -> None:
+        self.tx.hset(self.keys.mpps(uid), {
+            "state": state, "calling_ae": calling_ae, "study_uid": study_uid,
+            "item_ids": json.dumps(item_ids), "json": json.dumps(dataset),
+            "created_at": now, "updated_at": now,
+        })  # fmt: skip
+
+    def update_instance(self, uid: str, state: str, dataset: DicomJson, now: str) -> None:
+        fields = {"state": state, "json": json.dumps(dataset), "updated_at": now}
+        self.tx.hset(self.keys.mpps(uid), fields)
+
+    def link_candidates(self, study_uid: str, accession: str) -> list[int]:
+        field, value = ("study_uid", study_uid) if study_uid else ("accession", accession)
+        return sorted(int(m) for m in self.tx.smembers(self.keys.by(field, value)))
+
+    def link_keys(self, item_id: int) -> dict[str, str] | None:
+        raw = self.tx.hmget(self.keys.item(item_id), ["k"])[0]
+        if raw is None:
+            return None
+        k = json.loads(raw)
+        return {f: k[f] for f in ("study_uid", "accession", "rp_id", "sps_id")}
+
+    def set_performed_study(self, item_ids: Sequence[int], study_uid: str) -> None:
+        for item_id in item_ids:
+            self.tx.hset(self.keys.item(item_id), {"performed_study_uid": study_uid})
+            self.tx.sadd(self.keys.by("performed_study_uid", study_uid), str(item_id))
+
+    def item(self, item_id: int) -> LinkedItem | None:
+        fields = self.writer.stored(item_id)
+        if not fields.get("k"):
+            return None
+        k = json.loads(fields["k"])
+        return LinkedItem(
+            _s(fields.get("status")), _s(fields.get("json")), _s(fields.get("order_key")),
+            k["accession"], k["rp_id"], k["sps_id"], k["study_uid"],
+            int(_s(fields.get("journal_id")) or 0),
+        )  # fmt: skip
+
+    def set_item_status(
+        self, item_id: int, text: str, old: str, new: str, reason: str, now: str
+    ) -> None:
+        self.writer.set_status(item_id, text, old, new, reason, "mpps", None, now)
+
+    def record_event(self, record: dict[str, Any]) -> int:
+        # one INCR per event (not id blocks): events are read in id order by "after id"
+        event_id = int(self.store.client.incr(self.keys.event_ids))
+        self._events[event_id] = {**record, "id": event_id}
+        self._save_event(event_id)
+        return event_id
+
+    def _save_event(self, event_id: int) -> None:
+        record = json.dumps(self._events[event_id])
+        self.tx.op("hset", self.keys.events, str(event_id), record)
+
+    def record_notice(
+        self,
+        event_id: int,
+        action: str,
+        result: str,
+        destination: str,
+        outbox_id: int | None,
+        detail: str,
+    ) -> None:
+        self._events[event_id].update(
+            notified=result, notified_to=destination, outbox_id=outbox_id, notified_detail=detail
+        )
+        self._save_event(event_id)
+
+    def enqueue(self, effect: Enqueue, journal_id: int) -> int:
+        return self.store.outbox.add(self.tx, effect, journal_id, time.time())
+
+    def original(self, journal_id: int) -> OriginalMessage | None:
+        reader = self.store.journal_reader
+        return reader(self.tx, journal_id) if reader is not None else None
 
 
 _EVENT_FIELDS = (

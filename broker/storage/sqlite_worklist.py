@@ -28,15 +28,21 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from broker.effects import Enqueue, Skipped, WorklistStatusChange, WorklistUpsert
+from broker.effects import Enqueue, WorklistStatusChange, WorklistUpsert
 from broker.errors import StoreError
 from broker.storage.sqlite import Schema, SqliteDatabase
 from broker.storage.sqlite_queue import apply_enqueue
 from broker.worklist import lifecycle, mpps
 from broker.worklist.encode import encode_both
 from broker.worklist.item import DicomJson
+from broker.worklist.mpps_apply import (
+    LinkedItem,
+    MppsInstance,
+    ProcedurePublishHook,
+    apply_mpps,
+)
 from broker.worklist.query import Constraint, IndexPlan
-from broker.worklist.status_message import OriginalMessage, ProcedureEvent, ProcedureEventHook
+from broker.worklist.status_message import OriginalMessage, ProcedureEventHook
 from broker.worklist.stored import (
     PreparedItem,
     now_text,
@@ -46,8 +52,6 @@ from broker.worklist.stored import (
 
 log = logging.getLogger(__name__)
 
-#: MPPS procedure event + the item → the event entries to queue (bus destinations).
-ProcedurePublishHook = Callable[[ProcedureEvent, DicomJson], Sequence[Enqueue]]
 
 __all__ = [
     "WORKLIST_SCHEMA",
@@ -622,58 +626,16 @@ class SqliteWorklistStore:
         calling_ae: str,
         links: Sequence[tuple[str, str, str, str]] = (),
     ) -> mpps.Decision:
-        """Run an MPPS N-CREATE (``kind`` 'create') or N-SET ('set') in one durable write:
-        read the stored state, decide (``broker.worklist.mpps``), store the instance, move
-        the linked items and record the event. ``links`` are the (StudyInstanceUID,
-        AccessionNumber, RequestedProcedureID, ScheduledProcedureStepID) of each Scheduled
-        Step Attributes Sequence item (N-CREATE only). Returns the decision."""
-        requested = _pps_status(dataset)
-
-        def write(conn: sqlite3.Connection) -> mpps.Decision:
-            now = _now()
-            row = conn.execute(
-                "SELECT state, json, item_ids, study_uid FROM worklist_mpps "
-                "WHERE sop_instance_uid=?",
-                (sop_instance_uid,),
-            ).fetchone()
-            stored = row[0] if row else None
-            if kind == "create":
-                decision = mpps.on_create(stored, requested)
-            else:
-                decision = mpps.on_set(stored, requested)
-            if not decision.ok or decision.state is None:
-                return decision
-            if kind == "create":
-                item_ids = _linked_items(conn, links)
-                study_uid = next((s for s, _, _, _ in links if s), "")
-                conn.execute(
-                    "INSERT INTO worklist_mpps (sop_instance_uid, state, calling_ae, study_uid, "
-                    "item_ids, json, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                    (sop_instance_uid, decision.state, calling_ae, study_uid,
-                     json.dumps(item_ids), json.dumps(dataset), now, now),
-                )  # fmt: skip
-                if study_uid and item_ids:
-                    conn.execute(
-                        f"UPDATE worklist_items SET performed_study_uid=? WHERE id IN "
-                        f"({','.join('?' * len(item_ids))})",
-                        [study_uid, *item_ids],
-                    )
-            else:
-                merged = {**json.loads(row[1]), **dataset}
-                item_ids = json.loads(row[2])
-                study_uid = row[3]
-                conn.execute(
-                    "UPDATE worklist_mpps SET state=?, json=?, updated_at=? "
-                    "WHERE sop_instance_uid=?",
-                    (decision.state, json.dumps(merged), now, sop_instance_uid),
-                )
-            if decision.event is None:
-                return decision
-            _mpps_event(conn, decision, sop_instance_uid, item_ids, study_uid, calling_ae, now,
-                        self.on_procedure_event, self.on_procedure_publish)  # fmt: skip
-            return decision
-
-        result: mpps.Decision = self.db.write_sync(write)
+        """Run an MPPS N-CREATE (``kind`` 'create') or N-SET ('set') in one durable write
+        (:func:`broker.worklist.mpps_apply.apply_mpps`). ``links`` are the
+        (StudyInstanceUID, AccessionNumber, RequestedProcedureID, ScheduledProcedureStepID)
+        of each Scheduled Step Attributes Sequence item (N-CREATE only)."""
+        result: mpps.Decision = self.db.write_sync(
+            lambda conn: apply_mpps(
+                SqliteMppsOps(conn), kind, sop_instance_uid, dataset, calling_ae, links,
+                on_event=self.on_procedure_event, on_publish=self.on_procedure_publish,
+            )
+        )  # fmt: skip
         return result
 
     def mpps_state(self, sop_instance_uid: str) -> str | None:
@@ -777,136 +739,117 @@ class SqliteWorklistStore:
         return [int(r[0]) for r in self.db.reader().execute(sql, list(keys.values()))]
 
 
-def _pps_status(dataset: DicomJson) -> str | None:
-    elem = dataset.get("00400252")
-    if not isinstance(elem, dict):
-        return None
-    values = elem.get("Value") or []
-    return str(values[0]) if values else ""
+class SqliteMppsOps:
+    """:class:`broker.worklist.mpps_apply.MppsOps` on the writer connection."""
 
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
 
-def _linked_items(
-    conn: sqlite3.Connection, links: Sequence[tuple[str, str, str, str]]
-) -> list[int]:
-    """Items named by the Scheduled Step Attributes Sequence: each link's non-empty keys
-    (StudyInstanceUID, AccessionNumber, RequestedProcedureID, SPS ID) must all be equal; a link
-    needs the study UID or the accession number (an SPS ID alone is not unique)."""
-    ids: list[int] = []
-    for study_uid, accession, rp_id, sps_id in links:
-        if not study_uid and not accession:
-            continue
-        conds, args = [], []
-        for column, value in (("study_uid", study_uid), ("accession", accession),
-                              ("rp_id", rp_id), ("sps_id", sps_id)):  # fmt: skip
-            if value:
-                conds.append(f"{column} = ?")
-                args.append(value)
-        for (item_id,) in conn.execute(
-            f"SELECT id FROM worklist_items WHERE {' AND '.join(conds)} ORDER BY id", args
-        ):
-            if item_id not in ids:
-                ids.append(int(item_id))
-    return ids
+    def instance(self, uid: str) -> MppsInstance | None:
+        row = self.conn.execute(
+            "SELECT state, json, item_ids, study_uid FROM worklist_mpps WHERE sop_instance_uid=?",
+            (uid,),
+        ).fetchone()
+        if row is None:
+            return None
+        return MppsInstance(row[0], json.loads(row[1]), json.loads(row[2]), row[3])
 
+    def create_instance(
+        self,
+        uid: str,
+        state: str,
+        calling_ae: str,
+        study_uid: str,
+        item_ids: list[int],
+        dataset: DicomJson,
+        now: str,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO worklist_mpps (sop_instance_uid, state, calling_ae, study_uid, "
+            "item_ids, json, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+            (uid, state, calling_ae, study_uid, json.dumps(item_ids), json.dumps(dataset), now,
+             now),
+        )  # fmt: skip
 
-def _mpps_event(
-    conn: sqlite3.Connection,
-    decision: mpps.Decision,
-    uid: str,
-    item_ids: Sequence[int],
-    study_uid: str,
-    calling_ae: str,
-    now: str,
-    hook: ProcedureEventHook | None = None,
-    publish: ProcedurePublishHook | None = None,
-) -> None:
-    assert decision.event is not None
-    if not item_ids:  # unscheduled: recorded without an item
-        conn.execute(
-            "INSERT INTO worklist_events (kind, at, mpps_uid, study_uid, calling_ae) "
-            "VALUES (?,?,?,?,?)",
-            (decision.event, now, uid, study_uid, calling_ae),
+    def update_instance(self, uid: str, state: str, dataset: DicomJson, now: str) -> None:
+        self.conn.execute(
+            "UPDATE worklist_mpps SET state=?, json=?, updated_at=? WHERE sop_instance_uid=?",
+            (state, json.dumps(dataset), now, uid),
         )
-        return
-    for item_id in item_ids:
-        row = conn.execute(
+
+    def link_candidates(self, study_uid: str, accession: str) -> list[int]:
+        column, value = ("study_uid", study_uid) if study_uid else ("accession", accession)
+        sql = f"SELECT id FROM worklist_items WHERE {column} = ? ORDER BY id"
+        return [int(r[0]) for r in self.conn.execute(sql, (value,))]
+
+    def link_keys(self, item_id: int) -> dict[str, str] | None:
+        row = self.conn.execute(
+            "SELECT study_uid, accession, rp_id, sps_id FROM worklist_items WHERE id=?",
+            (item_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("study_uid", "accession", "rp_id", "sps_id"), row, strict=True))
+
+    def set_performed_study(self, item_ids: Sequence[int], study_uid: str) -> None:
+        self.conn.execute(
+            f"UPDATE worklist_items SET performed_study_uid=? WHERE id IN "
+            f"({','.join('?' * len(item_ids))})",
+            [study_uid, *item_ids],
+        )
+
+    def item(self, item_id: int) -> LinkedItem | None:
+        row = self.conn.execute(
             "SELECT status, json, order_key, accession, rp_id, sps_id, study_uid, journal_id "
             "FROM worklist_items WHERE id=?",
             (item_id,),
         ).fetchone()
         if row is None:
-            continue  # purged meanwhile
-        old, text, order_key, accession, rp_id, sps_id, item_study, journal_id = row
-        new: str | None = None
-        if decision.item_status is not None:
-            new = lifecycle.transition(old, decision.item_status)
-            if new is not None:
-                _set_status(conn, item_id, text, old, new, f"MPPS {decision.state}", "mpps",
-                            None, now)  # fmt: skip
-        cur = conn.execute(
+            return None
+        status, text, order_key, accession, rp_id, sps_id, study_uid, journal_id = row
+        return LinkedItem(status, text, order_key, accession, rp_id, sps_id, study_uid,
+                          int(journal_id or 0))  # fmt: skip
+
+    def set_item_status(
+        self, item_id: int, text: str, old: str, new: str, reason: str, now: str
+    ) -> None:
+        _set_status(self.conn, item_id, text, old, new, reason, "mpps", None, now)
+
+    def record_event(self, record: dict[str, Any]) -> int:
+        cur = self.conn.execute(
             "INSERT INTO worklist_events (kind, at, mpps_uid, item_id, order_key, accession, "
             "rp_id, sps_id, study_uid, calling_ae) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (decision.event, now, uid, item_id, order_key, accession, rp_id, sps_id,
-             study_uid or item_study, calling_ae),
+            (record["kind"], record["at"], record["mpps_uid"], record.get("item_id"),
+             record.get("order_key", ""), record.get("accession", ""), record.get("rp_id", ""),
+             record.get("sps_id", ""), record.get("study_uid", ""), record["calling_ae"]),
         )  # fmt: skip
-        if hook is not None or publish is not None:
-            event = ProcedureEvent(
-                int(cur.lastrowid or 0), decision.event, now, uid, item_id, order_key,
-                accession, rp_id, sps_id, study_uid or item_study, calling_ae, old, new,
-            )  # fmt: skip
-            if hook is not None:
-                _notify(conn, hook, event, json.loads(text), journal_id)
-            if publish is not None:
-                for enqueue in publish(event, json.loads(text)):
-                    apply_enqueue(conn, enqueue, journal_id or 0)
+        return int(cur.lastrowid or 0)
 
+    def record_notice(
+        self,
+        event_id: int,
+        action: str,
+        result: str,
+        destination: str,
+        outbox_id: int | None,
+        detail: str,
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO worklist_notices (event_id, action, result, destination, "
+            "outbox_id, detail) VALUES (?,?,?,?,?,?)",
+            (event_id, action, result, destination, outbox_id, detail),
+        )
 
-def _notify(
-    conn: sqlite3.Connection,
-    hook: ProcedureEventHook,
-    event: ProcedureEvent,
-    item: DicomJson,
-    journal_id: int | None,
-) -> None:
-    """Run the hook for one event and apply its answer in the MPPS transaction: queue the
-    Enqueue (the outbox entry points at the order message it was built from) or record the
-    Skipped. A hook that raises is recorded as failed: the MPPS change still commits."""
-    original = None
-    if journal_id:
+    def enqueue(self, effect: Enqueue, journal_id: int) -> int:
+        return int(apply_enqueue(self.conn, effect, journal_id)["outbox_id"])
+
+    def original(self, journal_id: int) -> OriginalMessage | None:
         try:
-            found = conn.execute(
+            found = self.conn.execute(
                 "SELECT raw, charset FROM journal WHERE id=?", (journal_id,)
             ).fetchone()
         except sqlite3.OperationalError:  # a store without the journal (tools, tests)
-            found = None
-        if found is not None:
-            original = OriginalMessage(int(journal_id), bytes(found[0]), str(found[1] or ""))
-    try:
-        result = hook(event, item, original)
-    except Exception as exc:
-        log.exception("order status for worklist item %d failed", event.item_id)
-        _notice(conn, event.event_id, "order-status", "failed", "", None, type(exc).__name__)
-        return
-    if isinstance(result, Enqueue):
-        summary = apply_enqueue(conn, result, journal_id or 0)
-        detail = result.headers.get("control_id", "")
-        _notice(conn, event.event_id, "order-status", "queued", result.destination,
-                summary["outbox_id"], detail)  # fmt: skip
-    elif isinstance(result, Skipped):
-        _notice(conn, event.event_id, result.action, "skipped", "", None, result.reason)
-
-
-def _notice(
-    conn: sqlite3.Connection,
-    event_id: int,
-    action: str,
-    result: str,
-    destination: str,
-    outbox_id: int | None,
-    detail: str,
-) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO worklist_notices (event_id, action, result, destination, "
-        "outbox_id, detail) VALUES (?,?,?,?,?,?)",
-        (event_id, action, result, destination, outbox_id, detail),
-    )
+            return None
+        if found is None:
+            return None
+        return OriginalMessage(journal_id, bytes(found[0]), str(found[1] or ""))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from broker.cli import main
+from tests.redis_server import RedisServer
 
 EXAMPLES = Path("/usr/share/doc/dcmtk/examples")
 
@@ -23,18 +25,26 @@ def _dump_to_dcm(dump: Path, out: Path) -> Path:
     return out
 
 
-@pytest.fixture
-def imported(tmp_path: Path) -> Path:
+@pytest.fixture(params=["sqlite", "redis"])
+def imported(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """The OFFIS example worklist imported into each store backend in turn."""
+    store = "sqlite:///b.db"
+    server = None
+    if request.param == "redis":
+        server = RedisServer(tmp_path / "redis").start()
+        store = server.url
     folder = tmp_path / "wlmscpfs" / "OFFIS"
     folder.mkdir(parents=True)
     for dump in sorted((EXAMPLES / "wlistdb" / "OFFIS").glob("*.dump*")):
         _dump_to_dcm(dump, folder / (dump.name.split(".")[0] + ".wl"))
     config = tmp_path / "broker.yaml"
-    config.write_text("store: sqlite:///b.db\n")
+    config.write_text(f"store: {store}\n")
     result = CliRunner().invoke(main, ["worklist", "import", "-c", str(config), str(folder)])
     assert result.exit_code == 0, result.output
     assert "10 of 10 files imported" in result.output
-    return config
+    yield config
+    if server is not None:
+        server.stop()
 
 
 def test_ls_redacts_patient_ids_unless_asked(imported: Path) -> None:

@@ -1,6 +1,8 @@
 """Store-only worklist micro-benchmark: µs per query at 1k / 10k / 100k items, and RSS.
 
-Run: ``.venv/bin/python bench/bench_worklist_store.py [--sizes 1000,10000,100000]``.
+Run: ``.venv/bin/python bench/bench_worklist_store.py [--sizes 1000,10000,100000] [--redis]``.
+``--redis`` also loads the same items into a private redis-server (``store: redis://``, no
+persistence) and runs the same queries against the Redis worklist store, in the same run.
 Each size is loaded once (cached as $TMPDIR/broker-bench/worklist-<n>-<date>.db), then three queries run
 through WorklistService.find exactly as the network side calls it (explicit VR LE bytes in,
 encoded answers out, no network): accession (1 match), station + today, and a patient name
@@ -12,7 +14,9 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import resource
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,6 +94,51 @@ def open_store(n: int) -> tuple[SqliteDatabase, SqliteWorklistStore, float]:
     return db, store, load_s
 
 
+class RedisStore:
+    """A private redis-server and a Redis worklist store with ``n`` generated items."""
+
+    def __init__(self, n: int) -> None:
+        import redis
+
+        from broker.storage.redis_worklist import RedisWorklistStore
+
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.store = RedisWorklistStore(self.client)
+        start = time.perf_counter()
+        self.store.bulk_load(generate(n), chunk=2000)
+        self.load_s = time.perf_counter() - start
+        memory = self.client.info("memory")["used_memory"]
+        self.bytes_per_item = memory / n
+
+    def close(self) -> None:
+        self.client.close()
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def run(service: WorklistService, identifier: bytes, repeat: int) -> tuple[float, int]:
     """Median µs per query and the number of answers."""
     times = []
@@ -105,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--repeat", type=int, default=200)
+    parser.add_argument("--redis", action="store_true", help="also measure the Redis store")
     args = parser.parse_args()
     today = _dt.date.today().strftime("%Y%m%d")
     queries: dict[str, Callable[[int], Dataset]] = {
@@ -127,6 +177,19 @@ def main() -> None:
             per_item = f", {us / count:6.1f} µs/item" if count else ""
             print(f"  {label:<22} {us:9.1f} µs/query, {count:5d} answers{per_item}")
         db.close()
+        if args.redis:
+            on_redis = RedisStore(n)
+            service = WorklistService(on_redis.store)
+            print(f"{n:>7} items on Redis (loaded in {on_redis.load_s:.1f} s, "
+                  f"{on_redis.bytes_per_item:,.0f} bytes of Redis memory per item)")  # fmt: skip
+            for label, make in queries.items():
+                identifier = encode(make(n))
+                run(service, identifier, 5)
+                us, count = run(service, identifier, args.repeat)
+                sqlite_us = results[label][n][0]
+                print(f"  {label:<22} {us:9.1f} µs/query, {count:5d} answers "
+                      f"({us / sqlite_us:.1f}x the SQLite store)")  # fmt: skip
+            on_redis.close()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"max RSS {rss_mb:.0f} MB")
     if len(sizes) > 1:

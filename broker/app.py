@@ -169,6 +169,7 @@ class Broker:
             WorklistService(self.worklist, calling_ae_as_station=conf.calling_ae_as_station),
             asyncio.get_running_loop(),
             self.delivery,
+            find_blocks=self.stores.kind == "redis",
         )
         # The config's lists apply to every service; the SCP can also take them per service.
         aets: dict[Service | str, list[str]] | None = (
@@ -298,11 +299,15 @@ class _WakeDeliveryAfterMpps:
         service: WorklistService,
         loop: asyncio.AbstractEventLoop,
         delivery: DeliveryService | None,
+        *,
+        find_blocks: bool = False,
     ) -> None:
         self.service = service
         self.loop = loop
         self.delivery = delivery
         self.find = service.find
+        # a store across the network (Redis): the SCP takes the answers in a worker thread
+        self.find_blocks = find_blocks
 
     def mpps_create(self, sop_instance_uid: str, dataset: Any, calling_ae: str) -> Any:
         try:

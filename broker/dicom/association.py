@@ -296,7 +296,7 @@ class Association:
             batches = self.backend.find(
                 message.dataset, explicit_vr=context.explicit_vr, calling_ae=self.calling_ae
             )
-            batch = next(batches, None)
+            batch = await self._next_batch(batches)
         except Exception as exc:
             await self._find_failed(context, message, exc)
             return None
@@ -305,6 +305,14 @@ class Association:
         ).render(message.command.message_id)
         encoder = pdu.ResponseEncoder(context.context_id, pending, self.accepted.peer_max_pdu)
         return await self._stream(_FindState(context, message, batches, batch, encoder), inline)
+
+    async def _next_batch(self, batches: Iterator[list[bytes]]) -> list[bytes] | None:
+        """The next batch of answers: on the event loop (a local store answers in
+        microseconds), or in a worker thread when the backend's store is across the network
+        (``find_blocks``), so that a slow or hung store never stalls other associations."""
+        if getattr(self.backend, "find_blocks", False):
+            return await asyncio.to_thread(next, batches, None)
+        return next(batches, None)
 
     async def _stream(self, state: _FindState, inline: bool) -> _FindState | None:
         """Send batches until the end, a C-CANCEL or a failure; when ``inline``, return the
@@ -324,7 +332,7 @@ class Association:
                     return None
                 # Look ahead one batch, so the last batch and the final response share a write.
                 try:
-                    following = next(batches, None)
+                    following = await self._next_batch(batches)
                 except Exception as exc:
                     self.writer.write(state.encoder.join(state.batch))
                     await self._find_failed(context, message, exc)

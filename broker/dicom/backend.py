@@ -30,8 +30,10 @@ class WorklistBackend(Protocol):
     comment as ErrorComment. Any other exception is a handler failure (0xC311 for C-FIND,
     0x0110 for N-CREATE/N-SET); the association stays up in both cases.
 
-    ``find`` runs on the event loop (it must be fast: reads only); ``mpps_create`` and
-    ``mpps_set`` run in a worker thread (they commit durably).
+    ``find`` runs on the event loop (it must be fast: reads only) unless the backend has a
+    true ``find_blocks`` attribute (its store is across the network): then its batches are
+    taken in a worker thread. ``mpps_create`` and ``mpps_set`` run in a worker thread (they
+    commit durably).
     """
 
     def find(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
@@ -213,6 +214,35 @@ async def test_findscu_cancel(items: list[Dataset], query_file: Path, tmp_path: 
         assert rc == 0, out
         assert "Cancel" in out  # findscu reports the final status: Cancel (0xFE00)
         assert backend.closed and backend.batches_sent < len(items) * 10
+
+
+class NetworkStoreBackend(FakeBackend):
+    """A store across the network (``find_blocks``): records where its batches are read."""
+
+    find_blocks = True
+
+    def __init__(self, items: list[Dataset]) -> None:
+        super().__init__(items)
+        self.threads: set[str] = set()
+
+    def _batches(self, encoded: list[bytes], crash_late: bool) -> Iterator[list[bytes]]:
+        for batch in super()._batches(encoded, crash_late):
+            self.threads.add(threading.current_thread().name)
+            yield batch
+
+
+@pytest.mark.usefixtures("dcmtk")
+async def test_a_network_store_is_read_off_the_event_loop(
+    items: list[Dataset], query_file: Path
+) -> None:
+    """A store across the network (Redis) is read in worker threads: one that hangs holds up
+    its own association, never the event loop every other association shares."""
+    backend = NetworkStoreBackend(items)
+    async with DicomSCP(backend, host="127.0.0.1", port=0) as server:
+        rc, out = await run(FINDSCU, "-W", "-q", "127.0.0.1", str(server.port), str(query_file))
+        assert rc == 0, out
+    assert backend.batches_sent == 3  # 12 items in batches of 5, all answered
+    assert backend.threads and threading.main_thread().name not in backend.threads
 
 
 # -- pynetdicom SCU ----------------------------------------------------------------------------

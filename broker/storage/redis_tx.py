@@ -266,6 +266,12 @@ class IdBlocks:
             if self._next > self._last:
                 try:
                     last = int(self.client.incrby(self.key, self.size))
+                    if last <= self._last:
+                        # The counter went back: Redis lost its data (run it with AOF). Jump
+                        # past every id this process handed out, so none is handed out twice.
+                        log.error("redis: id counter %s went back (%d after %d); Redis lost "
+                                  "data?", self.key, last, self._last)  # fmt: skip
+                        last = int(self.client.incrby(self.key, self._last - last + self.size))
                 except RedisError as exc:
                     raise StoreError(f"redis: allocate ids ({self.key}): {exc}") from exc
                 self._next, self._last = last - self.size + 1, last

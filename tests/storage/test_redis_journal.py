@@ -243,3 +243,20 @@ def test_a_redis_out_of_memory_refuses_the_whole_commit_then_recovers(tmp_path: 
         client.close()
     finally:
         server.stop()
+
+
+def test_id_blocks_never_hand_out_an_id_twice_when_the_counter_goes_back() -> None:
+    from broker.storage.redis_tx import IdBlocks
+
+    client = redis.Redis.from_url(shared_redis_url())
+    key = f"ids{uuid.uuid4().hex[:8]}"
+    try:
+        blocks = IdBlocks(client, key, size=4)
+        first = [blocks.next() for _ in range(5)]  # two blocks: 1..4, 5..8
+        client.delete(key)  # Redis lost its data
+        later = [blocks.next() for _ in range(8)]
+        assert first == [1, 2, 3, 4, 5] and len(set(first + later)) == 13
+        assert min(later[3:]) > max(first)
+    finally:
+        client.delete(key)
+        client.close()

@@ -161,6 +161,8 @@ def test_redis_down_means_ae_and_the_node_recovers_when_it_returns(tmp_path: Pat
     a = node(tmp_path / "a", server.url)
     a.start()
     try:
+        # acknowledged before Redis dies: on disk (appendfsync always), so it must survive
+        assert "MSA|CA|" in mllp_send(a, "orm_o01_v24.hl7")  # enhanced mode: commit ACK
         server.kill()
         answer = mllp_send(a, "orm_o01_v231.hl7")
         assert "MSA|AE|RIS26110200101" in answer
@@ -174,6 +176,8 @@ def test_redis_down_means_ae_and_the_node_recovers_when_it_returns(tmp_path: Pat
         assert "MSA|AA|RIS26110200101" in mllp_send(a, "orm_o01_v231.hl7")
         (item,) = findscu(a, tmp_path / "q", "AccessionNumber=ACC26110001", *RETURN_KEYS)
         assert item.PatientID == "MR100234"
+        before = findscu(a, tmp_path / "q2", "AccessionNumber=ACC2611001?", *RETURN_KEYS)
+        assert sorted(i.AccessionNumber for i in before) == ["ACC26110011", "ACC26110012"]
     finally:
         a.stop()
         server.stop()

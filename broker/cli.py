@@ -90,6 +90,16 @@ def check(config: Path | None) -> None:
         f"config: ok (store {settings.store}, {len(settings.mllp)} MLLP listener(s), "
         f"{len(settings.destinations)} destination(s))"
     )
+    from broker.storage.factory import is_redis, redis_client, redis_durability_problems
+
+    if is_redis(settings):
+        # warnings, not errors: a test Redis may run without persistence on purpose
+        client = redis_client(settings)
+        try:
+            for problem in redis_durability_problems(client):
+                click.echo(f"warning: store: {problem}")
+        finally:
+            client.close()
     from broker.routing import check as run_check
 
     report = run_check(settings.routes_dir, settings.mappings_dir, settings.destination_types())

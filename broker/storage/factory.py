@@ -94,6 +94,39 @@ def make_journal(settings: Settings, db: SqliteDatabase) -> SqliteJournal:
     )
 
 
+#: What a Redis must be set to for an AA to mean durable (docs/DELIVERY.md, "Durability
+#: settings for Redis"): parameter -> (expected value, what goes wrong otherwise).
+REDIS_DURABILITY = {
+    "appendonly": ("yes", "without the AOF, a Redis restart loses every acknowledged message"),
+    "appendfsync": (
+        "always",
+        "with 'everysec' a crash of the Redis machine can lose the last second of acknowledged "
+        "messages; with 'no', more",
+    ),
+    "maxmemory-policy": (
+        "noeviction",
+        "any other policy lets Redis evict journal, worklist or queue keys when it is full",
+    ),
+}
+
+
+def redis_durability_problems(client: Redis) -> list[str]:
+    """How a running Redis falls short of :data:`REDIS_DURABILITY` (empty: it does not); a
+    Redis that does not answer, or hides CONFIG (managed services), is reported as such."""
+    problems = []
+    try:
+        for parameter, (expected, risk) in REDIS_DURABILITY.items():
+            found: dict[Any, Any] = dict(client.config_get(parameter))
+            raw = found.get(parameter, found.get(parameter.encode(), b""))
+            value = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if value != expected:
+                problems.append(f"redis {parameter} is {value!r}, expected {expected!r}: {risk}")
+    except RedisError as exc:
+        wanted = ", ".join(f"{p} {e}" for p, (e, _) in REDIS_DURABILITY.items())
+        problems.append(f"cannot read the Redis configuration ({exc}); check {wanted} by hand")
+    return problems
+
+
 def redis_client(settings: Settings) -> Redis:
     """The synchronous client of a ``redis://`` store (bytes replies, TCP_NODELAY, short
     retries of a broken connection: every store write is a transaction safe to resend)."""
@@ -129,6 +162,10 @@ class Stores:
         elif not self.ping():
             # Not fatal: commits answer AE and /health says so until Redis is back.
             log.error("store %s: Redis does not answer; messages get AE until it does", self.kind)
+        else:
+            assert self.client is not None
+            for problem in redis_durability_problems(self.client):
+                log.warning("store: %s", problem)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

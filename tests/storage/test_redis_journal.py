@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -260,3 +261,32 @@ def test_id_blocks_never_hand_out_an_id_twice_when_the_counter_goes_back() -> No
     finally:
         client.delete(key)
         client.close()
+
+
+def test_broker_check_warns_about_a_redis_that_would_lose_acknowledged_messages(
+    tmp_path: Any,
+) -> None:
+    from click.testing import CliRunner
+
+    from broker.cli import main
+    from tests.redis_server import RedisServer
+
+    root = Path(__file__).resolve().parents[2]
+    for extra, expected in (
+        ((), ["appendonly is 'no'", "appendfsync is 'everysec'"]),
+        (("--appendonly", "yes", "--appendfsync", "everysec"), ["appendfsync is 'everysec'"]),
+        (("--appendonly", "yes", "--appendfsync", "always"), []),
+    ):
+        server = RedisServer(tmp_path / f"redis{len(extra)}", *extra).start()
+        try:
+            config = tmp_path / "broker.yaml"
+            config.write_text(
+                f"store: {server.url}\nroutes: {root / 'routes'}\nmappings: {root / 'mappings'}\n"
+            )
+            out = CliRunner().invoke(main, ["check", "--config", str(config)]).output
+            found = [line for line in out.splitlines() if line.startswith("warning: store:")]
+            assert len(found) == len(expected), out
+            for line, text in zip(found, expected, strict=True):
+                assert text in line
+        finally:
+            server.stop()

@@ -90,7 +90,12 @@ def check(config: Path | None) -> None:
         f"config: ok (store {settings.store}, {len(settings.mllp)} MLLP listener(s), "
         f"{len(settings.destinations)} destination(s))"
     )
-    from broker.storage.factory import is_redis, redis_client, redis_durability_problems
+    from broker.storage.factory import (
+        close_client,
+        is_redis,
+        redis_client,
+        redis_durability_problems,
+    )
 
     if is_redis(settings):
         # warnings, not errors: a test Redis may run without persistence on purpose
@@ -99,7 +104,7 @@ def check(config: Path | None) -> None:
             for problem in redis_durability_problems(client):
                 click.echo(f"warning: store: {problem}")
         finally:
-            client.close()
+            close_client(client)
     from broker.routing import check as run_check
 
     report = run_check(settings.routes_dir, settings.mappings_dir, settings.destination_types())

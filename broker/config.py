@@ -215,8 +215,10 @@ class Settings(_Model):
     store: str = Field(
         "sqlite:///var/broker.db",
         description=(
-            "sqlite:///PATH (embedded default) or redis://HOST:PORT/DB (several broker nodes "
-            "share one Redis: journal, dedupe keys, worklist, queues)."
+            "sqlite:///PATH (embedded default), redis://HOST:PORT/DB (several broker nodes "
+            "share one Redis: journal, dedupe keys, worklist, queues) or "
+            "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE/DB (the same, the primary found "
+            "through Redis Sentinel)."
         ),
     )
     routes: Path = Field(Path("routes"), description="Folder of route files.")
@@ -249,8 +251,11 @@ class Settings(_Model):
     @field_validator("store")
     @classmethod
     def _store_url(cls, value: str) -> str:
-        if not (value.startswith("sqlite:///") or value.startswith(("redis://", "rediss://"))):
-            raise ValueError("expected sqlite:///PATH or redis://HOST:PORT/DB")
+        if not value.startswith(("sqlite:///", "redis://", "rediss://", "redis+sentinel://")):
+            raise ValueError(
+                "expected sqlite:///PATH, redis://HOST:PORT/DB or "
+                "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE/DB"
+            )
         return value
 
     @model_validator(mode="after")

@@ -13,14 +13,17 @@ reconcile sweep's corrections, with the same logic.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from broker.config import Settings
 from broker.effects import OrderChange, PatientChange, WorklistStatusChange, WorklistUpsert
@@ -63,8 +66,42 @@ REDIS_SOCKET_TIMEOUT_S = 5.0
 EMBEDDED_ONLY_ACTIONS = ("reconcile", "publish")
 
 
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
 def is_redis(settings: Settings) -> bool:
-    return settings.store.startswith(("redis://", "rediss://"))
+    return settings.store.startswith(("redis://", "rediss://", SENTINEL_SCHEME))
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """``redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]``: the Sentinels to
+    ask, the monitored primary's service name, the database and the primary's password."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl:
+        expected = "expected redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]"
+        rest = url.removeprefix(SENTINEL_SCHEME)
+        hosts, _, path = rest.partition("/")
+        password = None
+        if "@" in hosts:
+            auth, _, hosts = hosts.rpartition("@")
+            password = auth.partition(":")[2] or None
+        sentinels = []
+        for part in hosts.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"store: {url!r}: sentinel {part!r} is not HOST:PORT; {expected}")
+            sentinels.append((host.strip("[]"), int(port)))
+        service, _, db = path.partition("/")
+        if not service or (db and not db.isdigit()):
+            raise ConfigError(f"store: {url!r}: {expected}")
+        return cls(tuple(sentinels), service, int(db or 0), password)
 
 
 def open_database(settings: Settings) -> SqliteDatabase:
@@ -127,9 +164,35 @@ def redis_durability_problems(client: Redis) -> list[str]:
     return problems
 
 
+#: The Sentinel clients behind a store client (close_client closes them with it).
+_SENTINELS: weakref.WeakKeyDictionary[Redis, list[Redis]] = weakref.WeakKeyDictionary()
+
+
+def close_client(client: Redis) -> None:
+    """Close a store client and, when it found its primary through Sentinels, their clients."""
+    client.close()
+    for sentinel in _SENTINELS.pop(client, []):
+        sentinel.close()
+
+
 def redis_client(settings: Settings) -> Redis:
     """The synchronous client of a ``redis://`` store (bytes replies, TCP_NODELAY, short
-    retries of a broken connection: every store write is a transaction safe to resend)."""
+    retries of a broken connection: every store write is a transaction safe to resend).
+    With ``redis+sentinel://`` the client asks the Sentinels for the current primary, and
+    again after a connection to it fails (a failover)."""
+    if settings.store.startswith(SENTINEL_SCHEME):
+        url = SentinelUrl.parse(settings.store)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(url.sentinels), socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+        )  # fmt: skip
+        client: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            url.service, db=url.db, password=url.password, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S, decode_responses=False,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
+        )  # fmt: skip
+        _SENTINELS[client] = list(sentinel.sentinels)  # closed with it (close_client)
+        return client
     try:
         return Redis.from_url(
             settings.store,
@@ -179,7 +242,7 @@ class Stores:
         if isinstance(self.queue, RedisQueue):
             await self.queue.aclose()
         if self.client is not None:
-            self.client.close()
+            close_client(self.client)
 
     def open(self) -> None:
         """Open for a command-line tool (no event loop)."""
@@ -192,7 +255,7 @@ class Stores:
             return
         self.journal.close()
         if self.client is not None:
-            self.client.close()
+            close_client(self.client)
 
     def ping(self) -> bool:
         """Does the store answer a trivial read?"""
@@ -255,6 +318,24 @@ class Stores:
         return history(self.db.reader(), patient=patient, order=order, limit=limit)
 
 
+def redis_queue(settings: Settings) -> RedisQueue:
+    """The delivery queues of a Redis store (their own asyncio client)."""
+    if not settings.store.startswith(SENTINEL_SCHEME):
+        return RedisQueue.from_url(settings.store, prefix=DEFAULT_PREFIX)
+    url = SentinelUrl.parse(settings.store)
+    sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+        list(url.sentinels), socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+    )  # fmt: skip
+    client = sentinel.master_for(
+        url.service, db=url.db, password=url.password, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S, decode_responses=False,
+    )  # fmt: skip
+    return RedisQueue(
+        client, prefix=DEFAULT_PREFIX, owns_client=True, also_close=sentinel.sentinels
+    )
+
+
 def open_stores(
     settings: Settings,
     *,
@@ -283,5 +364,5 @@ def open_stores(
         dedupe_window_s=settings.journal.dedupe_window_hours * 3600,
     )
     redis_worklist.journal_reader = journal.original
-    queue = RedisQueue.from_url(settings.store, prefix=DEFAULT_PREFIX)
+    queue = redis_queue(settings)
     return Stores("redis", journal, redis_worklist, queue, client=client)

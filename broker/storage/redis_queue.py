@@ -690,11 +690,14 @@ class RedisQueue:
         prefix: str = DEFAULT_PREFIX,
         clock: Callable[[], float] = time.time,
         owns_client: bool = False,
+        also_close: Sequence[Redis] = (),
     ) -> None:
+        """``also_close``: more clients :meth:`aclose` closes (a Sentinel's own clients)."""
         self.client = client
         self.prefix = prefix
         self.clock = clock
         self._owns_client = owns_client
+        self._also_close = tuple(also_close)
         self._where: dict[int, str] = {}
         # Registered once per client; redis-py loads a script again after a Redis restart.
         self._allocate = client.register_script(ALLOCATE)
@@ -743,6 +746,8 @@ class RedisQueue:
         """Close the client if this queue made it."""
         if self._owns_client:
             await self.client.aclose()
+        for other in self._also_close:
+            await other.aclose()
 
     async def __aenter__(self) -> RedisQueue:
         return self

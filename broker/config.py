@@ -218,7 +218,8 @@ class Settings(_Model):
             "sqlite:///PATH (embedded default), redis://HOST:PORT/DB (several broker nodes "
             "share one Redis: journal, dedupe keys, worklist, queues) or "
             "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE/DB (the same, the primary found "
-            "through Redis Sentinel)."
+            "through Redis Sentinel). On Redis, ?wait=N: each commit waits for N replicas "
+            "before the ACK (wait_timeout_ms=M, default 1000)."
         ),
     )
     routes: Path = Field(Path("routes"), description="Folder of route files.")

@@ -13,6 +13,7 @@ reconcile sweep's corrections, with the same logic.
 from __future__ import annotations
 
 import logging
+import urllib.parse
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from broker.storage import redis_tx
 from broker.storage.redis_journal import RedisJournal
 from broker.storage.redis_keys import DEFAULT_PREFIX
 from broker.storage.redis_queue import RedisQueue
+from broker.storage.redis_tx import ReplicaWait, set_replica_wait
 from broker.storage.redis_worklist import RedisWorklistStore
 from broker.storage.sqlite import SqliteDatabase
 from broker.storage.sqlite_journal import JOURNAL_SCHEMA, Applier, SqliteJournal
@@ -164,6 +166,30 @@ def redis_durability_problems(client: Redis) -> list[str]:
     return problems
 
 
+def replica_wait(url: str) -> tuple[str, ReplicaWait | None]:
+    """The store URL without the broker's own options, and its replica wait:
+    ``?wait=N`` (replicas that must confirm each commit before the ACK) and
+    ``wait_timeout_ms=M`` (default 1000)."""
+    base, _, query = url.partition("?")
+    options = urllib.parse.parse_qs(query, keep_blank_values=True)
+    wait = options.pop("wait", None)
+    timeout = options.pop("wait_timeout_ms", None)
+    rest = urllib.parse.urlencode(options, doseq=True)
+    clean = f"{base}?{rest}" if rest else base
+    if wait is None:
+        if timeout is not None:
+            raise ConfigError(f"store: {url!r}: wait_timeout_ms needs wait=N")
+        return clean, None
+    try:
+        replicas = int(wait[-1])
+        timeout_ms = int(timeout[-1]) if timeout else 1000
+    except ValueError:
+        raise ConfigError(f"store: {url!r}: wait and wait_timeout_ms must be integers") from None
+    if replicas < 0 or timeout_ms <= 0:
+        raise ConfigError(f"store: {url!r}: expected wait >= 0 and wait_timeout_ms > 0")
+    return clean, (ReplicaWait(replicas, timeout_ms) if replicas else None)
+
+
 #: The Sentinel clients behind a store client (close_client closes them with it).
 _SENTINELS: weakref.WeakKeyDictionary[Redis, list[Redis]] = weakref.WeakKeyDictionary()
 
@@ -179,9 +205,17 @@ def redis_client(settings: Settings) -> Redis:
     """The synchronous client of a ``redis://`` store (bytes replies, TCP_NODELAY, short
     retries of a broken connection: every store write is a transaction safe to resend).
     With ``redis+sentinel://`` the client asks the Sentinels for the current primary, and
-    again after a connection to it fails (a failover)."""
-    if settings.store.startswith(SENTINEL_SCHEME):
-        url = SentinelUrl.parse(settings.store)
+    again after a connection to it fails (a failover). With ``?wait=N`` every commit waits
+    for N replicas before the ACK (:func:`replica_wait`)."""
+    store, wait = replica_wait(settings.store)
+    client = _connect(store)
+    set_replica_wait(client, wait)
+    return client
+
+
+def _connect(store: str) -> Redis:
+    if store.startswith(SENTINEL_SCHEME):
+        url = SentinelUrl.parse(store)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(url.sentinels), socket_timeout=REDIS_SOCKET_TIMEOUT_S,
             socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
@@ -195,7 +229,7 @@ def redis_client(settings: Settings) -> Redis:
         return client
     try:
         return Redis.from_url(
-            settings.store,
+            store,
             socket_timeout=REDIS_SOCKET_TIMEOUT_S,
             socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
@@ -203,9 +237,7 @@ def redis_client(settings: Settings) -> Redis:
             max_connections=64,
         )
     except ValueError as exc:
-        raise ConfigError(
-            f"store: {settings.store!r}: {exc}; expected redis://HOST:PORT/DB"
-        ) from exc
+        raise ConfigError(f"store: {store!r}: {exc}; expected redis://HOST:PORT/DB") from exc
 
 
 @dataclass
@@ -320,9 +352,10 @@ class Stores:
 
 def redis_queue(settings: Settings) -> RedisQueue:
     """The delivery queues of a Redis store (their own asyncio client)."""
-    if not settings.store.startswith(SENTINEL_SCHEME):
-        return RedisQueue.from_url(settings.store, prefix=DEFAULT_PREFIX)
-    url = SentinelUrl.parse(settings.store)
+    store, _ = replica_wait(settings.store)
+    if not store.startswith(SENTINEL_SCHEME):
+        return RedisQueue.from_url(store, prefix=DEFAULT_PREFIX)
+    url = SentinelUrl.parse(store)
     sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
         list(url.sentinels), socket_timeout=REDIS_SOCKET_TIMEOUT_S,
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis import Redis
 from redis.client import Pipeline
 from redis.commands.core import Script
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError, WatchError
 
 from broker.errors import StoreError
 
@@ -199,22 +201,18 @@ class Tx:
         self._sets.clear()
         self._strings.clear()
 
-    def execute(self) -> None:
-        """MULTI, every queued write, EXEC; raises WatchError when a watched key changed.
-
-        Consecutive plain writes go as one EVAL of :data:`BATCH`: a new order writes some
-        twenty keys, and one command instead of twenty saves most of the client's work of
-        sending and parsing them. EVAL with the (short) body, not EVALSHA: inside MULTI a
-        missing script would fail alone while the rest of the unit is applied.
-        """
-        pipe = self.pipe
-        pipe.multi()
+    def _commands(self) -> list[tuple[Any, ...]]:
+        """The queued writes as commands: runs of plain writes as one EVAL of :data:`BATCH`
+        (a new order writes some twenty keys: one command instead of twenty saves most of
+        the client's work), scripts as EVAL of their body (never EVALSHA: inside MULTI a
+        script Redis no longer has would fail alone while the rest of the unit applied)."""
+        out: list[tuple[Any, ...]] = []
         keys: list[str] = []
         argv: list[Any] = []
 
         def flush() -> None:
             if keys:
-                pipe.eval(BATCH, len(keys), *keys, *argv)
+                out.append(("EVAL", BATCH, len(keys), *keys, *argv))
                 keys.clear()
                 argv.clear()
 
@@ -222,12 +220,86 @@ class Tx:
             if not command:
                 flush()
                 script, script_keys, script_args = args
-                script(keys=script_keys, args=script_args, client=pipe)
+                out.append(("EVAL", script.script, len(script_keys), *script_keys, *script_args))
                 continue
             keys.append(key)
             argv.extend((command, len(args), *args))
         flush()
-        pipe.execute()
+        return out
+
+    def execute(self, wait: ReplicaWait | None = None) -> None:
+        """MULTI, every queued write, EXEC (and, with ``wait``, WAIT for replicas), sent in
+        one go on the connection that holds the WATCHes. Raises WatchError when a watched key
+        changed (nothing was applied), a RedisError when Redis refused the unit, and
+        :class:`ReplicasBehind` when it applied but too few replicas confirmed it in time."""
+        pipe = self.pipe
+        conn = pipe.connection
+        if conn is None:
+            conn = pipe.connection = pipe.connection_pool.get_connection()
+        writes = self._commands()
+        commands: list[tuple[Any, ...]] = [("MULTI",), *writes, ("EXEC",)]
+        if wait is not None:
+            commands.append(("WAIT", wait.replicas, wait.timeout_ms))
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))  # type: ignore[no-untyped-call]
+            # Every reply is read, errors or not, so that the connection stays in step.
+            queued: list[ResponseError] = []
+            for _ in range(1 + len(writes)):  # MULTI's OK and one QUEUED per write
+                try:
+                    pipe.parse_response(conn, "_")  # type: ignore[no-untyped-call]
+                except ResponseError as exc:
+                    queued.append(exc)
+            aborted: ResponseError | None = None
+            try:
+                applied = pipe.parse_response(conn, "_")  # type: ignore[no-untyped-call]
+            except ResponseError as exc:  # EXECABORT: a write was refused (e.g. OOM)
+                aborted, applied = exc, []
+            confirmed = 0
+            if wait is not None:
+                confirmed = int(pipe.parse_response(conn, "_"))  # type: ignore[no-untyped-call]
+        except (ConnectionError, TimeoutError):
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        pipe.watching = False  # EXEC ends every WATCH of the connection
+        if aborted is not None:
+            raise queued[0] if queued else aborted
+        if applied is None:
+            raise WatchError("a watched key changed")
+        failed = [r for r in applied if isinstance(r, Exception)]
+        if failed:  # applied in part: Redis does not roll back a failing command in EXEC
+            log.error("redis: a write of a committed unit failed: %s", failed[0])
+            raise failed[0]
+        if wait is not None and confirmed < wait.replicas:
+            raise ReplicasBehind(
+                f"redis: committed on the primary, but {confirmed} of {wait.replicas} "
+                f"replica(s) confirmed it within {wait.timeout_ms} ms; not acknowledged"
+            )
+
+
+@dataclass(frozen=True)
+class ReplicaWait:
+    """Wait after each commit until ``replicas`` replicas have it (``WAIT``), at most
+    ``timeout_ms``: so that a Sentinel failover cannot lose an acknowledged message."""
+
+    replicas: int
+    timeout_ms: int = 1000
+
+
+class ReplicasBehind(StoreError):
+    """A unit committed on the primary that not enough replicas confirmed: the sender is
+    answered AE, and its resend is found a duplicate of what did commit."""
+
+
+#: The replica wait of a store client (set by the store factory from the store URL).
+_WAITS: weakref.WeakKeyDictionary[Redis, ReplicaWait] = weakref.WeakKeyDictionary()
+
+
+def set_replica_wait(client: Redis, wait: ReplicaWait | None) -> None:
+    """Make every unit run on ``client`` wait for replicas (None: do not wait)."""
+    if wait is None:
+        _WAITS.pop(client, None)
+    else:
+        _WAITS[client] = wait
 
 
 #: Runs a list of writes, one key each: KEYS[i] is the i-th write's key; ARGV holds, per
@@ -288,7 +360,7 @@ def run(client: Redis, unit: Callable[[Tx], T], what: str) -> T:
             with client.pipeline(transaction=True) as pipe:
                 tx = Tx(pipe)
                 result = unit(tx)
-                tx.execute()
+                tx.execute(_WAITS.get(client))
                 return result
         except WatchError:
             continue

@@ -65,7 +65,7 @@ def test_store_url_and_tls_rules(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError) as info:
         load_settings(path, environ={})
-    assert "expected sqlite:///PATH or redis://" in str(info.value)
+    assert "expected sqlite:///PATH, redis://HOST:PORT/DB or redis+sentinel://" in str(info.value)
     assert "verify_client: true needs ca:" in str(info.value)
 
 

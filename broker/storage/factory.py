@@ -37,7 +37,7 @@ from broker.storage import redis_tx
 from broker.storage.redis_journal import RedisJournal
 from broker.storage.redis_keys import DEFAULT_PREFIX
 from broker.storage.redis_queue import RedisQueue
-from broker.storage.redis_tx import ReplicaWait, set_replica_wait
+from broker.storage.redis_tx import ReplicaWait, replica_wait_of, set_replica_wait
 from broker.storage.redis_worklist import RedisWorklistStore
 from broker.storage.sqlite import SqliteDatabase
 from broker.storage.sqlite_journal import JOURNAL_SCHEMA, Applier, SqliteJournal
@@ -163,6 +163,23 @@ def redis_durability_problems(client: Redis) -> list[str]:
     except RedisError as exc:
         wanted = ", ".join(f"{p} {e}" for p, (e, _) in REDIS_DURABILITY.items())
         problems.append(f"cannot read the Redis configuration ({exc}); check {wanted} by hand")
+    wait = replica_wait_of(client)
+    if wait is not None:
+        try:
+            online = sum(
+                1
+                for key, value in client.info("replication").items()
+                if key.startswith("slave") and isinstance(value, dict)
+                and value.get("state") == "online"
+            )  # fmt: skip
+        except RedisError as exc:
+            problems.append(f"cannot read the Redis replication state ({exc})")
+        else:
+            if online < wait.replicas:
+                problems.append(
+                    f"the store URL asks for wait={wait.replicas} but the primary has {online} "
+                    "replica(s) in sync: every message will be answered AE"
+                )
     return problems
 
 

@@ -294,6 +294,11 @@ class ReplicasBehind(StoreError):
 _WAITS: weakref.WeakKeyDictionary[Redis, ReplicaWait] = weakref.WeakKeyDictionary()
 
 
+def replica_wait_of(client: Redis) -> ReplicaWait | None:
+    """The replica wait set on ``client`` (None: commits do not wait)."""
+    return _WAITS.get(client)
+
+
 def set_replica_wait(client: Redis, wait: ReplicaWait | None) -> None:
     """Make every unit run on ``client`` wait for replicas (None: do not wait)."""
     if wait is None:

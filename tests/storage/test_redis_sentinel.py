@@ -131,6 +131,22 @@ def test_without_the_replicas_asked_for_a_commit_is_not_acknowledged(tmp_path: P
         server.stop()
 
 
+def test_broker_check_warns_when_the_replicas_asked_for_are_missing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from broker.cli import main
+
+    server = RedisServer(tmp_path / "alone", "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    try:
+        config = tmp_path / "broker.yaml"
+        config.write_text(f"store: {server.url}?wait=1\n")
+        out = CliRunner().invoke(main, ["check", "--config", str(config)]).output
+        assert "asks for wait=1 but the primary has 0 replica(s) in sync" in out
+    finally:
+        server.stop()
+
+
 def test_the_wait_option_is_read_from_the_store_url() -> None:
     assert replica_wait("redis://h:6379/0") == ("redis://h:6379/0", None)
     assert replica_wait("redis://h:6379/0?wait=2&wait_timeout_ms=250") == (

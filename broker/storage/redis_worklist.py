@@ -611,6 +611,9 @@ class RedisWorklistStore:
                 k = json.loads(fields["k"])
                 old = memberships(self.keys, item_id, k, _s(fields.get("order_key")), False)
                 reindex(tx, old, set())
+                performed = _s(fields.get("performed_study_uid"))
+                if performed:  # linked by MPPS, outside the item's own index entries
+                    tx.srem(self.keys.by("performed_study_uid", performed), str(item_id))
                 tx.delete(self.keys.item(item_id), self.keys.history(item_id))
                 tx.op("zrem", self.keys.finished, str(item_id))
                 return 1

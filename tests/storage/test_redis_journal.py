@@ -290,3 +290,35 @@ def test_broker_check_warns_about_a_redis_that_would_lose_acknowledged_messages(
                 assert text in line
         finally:
             server.stop()
+
+
+def test_retention_leaves_no_index_entry_of_a_purged_item(nodes: tuple[Node, Node]) -> None:
+    """An item performed (MPPS links its study), completed, then purged: no set or sorted set
+    of the worklist still names it."""
+    import datetime as dt
+
+    from pydicom.dataset import Dataset
+
+    from broker.worklist import WorklistService
+
+    a, _ = nodes
+    a.worklist.upsert("O9", [item(sps_id="S1", study_uid="1.2.3.9")])
+    mpps = Dataset()
+    mpps.PerformedProcedureStepStatus = "IN PROGRESS"
+    link = Dataset()
+    link.StudyInstanceUID = "1.2.3.9"
+    mpps.ScheduledStepAttributesSequence = [link]
+    service = WorklistService(a.worklist)
+    assert service.mpps_create("9.1", mpps, "CT1").status == 0
+    done = Dataset()
+    done.PerformedProcedureStepStatus = "COMPLETED"
+    assert service.mpps_set("9.1", done, "CT1").status == 0
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=400)
+    (item_id,) = a.worklist.find_ids(order_key="O9")
+    assert a.worklist.get(item_id)["performed_study_uid"] == "1.2.3.9"  # type: ignore[index]
+    assert a.worklist.purge(30, now=later) == 1
+    left = [k.decode() for k in a.client.scan_iter(match=f"{a.prefix}:{{s}}:wl:*")]
+    # what stays: id counters, the MPPS instance, the procedure events (their own retention)
+    assert sorted(k.split(":wl:")[1].split(":")[0] for k in left) == sorted(
+        ["ids", "event_ids", "events", "mpps"]
+    ), left

@@ -181,3 +181,32 @@ def test_redis_down_means_ae_and_the_node_recovers_when_it_returns(tmp_path: Pat
     finally:
         a.stop()
         server.stop()
+
+
+async def test_mpps_on_one_node_sends_the_order_status_of_an_order_taken_by_the_other(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The order came in through node A; the modality reports to node B; the RIS gets the
+    order-status messages built from A's journal entry (the original order), in order."""
+    from tests.peers.test_mpps_to_ris import mpps as mpps_in_progress_then
+    from tests.peers.test_mpps_to_ris import parse, until
+
+    async with Receiver() as ris:
+        destinations = {"ris": {"type": "mllp", "host": "127.0.0.1", "port": ris.port}}
+        a = node(tmp_path / "a", redis_url, destinations=destinations)
+        b = node(tmp_path / "b", redis_url, destinations=destinations)
+        await asyncio.to_thread(a.start)
+        await asyncio.to_thread(b.start)
+        try:
+            ack = await asyncio.to_thread(mllp_send, a, "orm_o01_v231.hl7")
+            assert "MSA|AA|RIS26110200101" in ack
+            await asyncio.to_thread(mpps_in_progress_then, b, "COMPLETED")
+            await until(lambda: len(ris.accepted) >= 2)
+            await asyncio.sleep(0.3)  # nothing more arrives
+        finally:
+            await asyncio.to_thread(a.stop)
+            await asyncio.to_thread(b.stop)
+    sent = [parse(m) for m in ris.received]
+    assert [str(m.segment("ORC")(5)) for m in sent] == ["IP", "CM"]
+    assert all(str(m.segment("ORC")(1)) == "SC" for m in sent)
+    assert all(str(m.segment("MSH")(12)) == "2.3.1" for m in sent)  # the order's version

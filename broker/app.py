@@ -26,6 +26,7 @@ from broker.errors import ConfigError
 from broker.hl7.listener import ListenerSettings, MllpListener
 from broker.ingest.decision import Router
 from broker.ingest.pipeline import IngestPipeline
+from broker.net import redact_url
 from broker.publishing import DEFAULT_EVENTS_DESTINATION, ProcedurePublisher
 from broker.routing import RouterHolder
 from broker.storage.factory import make_journal, open_database, open_stores
@@ -340,7 +341,7 @@ async def serve(settings: Settings) -> None:
         gc.freeze()
         loop.add_signal_handler(signal.SIGHUP, broker.reload_routes)
         ports = ", ".join(f"{lst.name}={lst.port}" for lst in broker.listeners)
-        log.info("broker ready: mllp %s; store %s", ports, settings.store)
+        log.info("broker ready: mllp %s; store %s", ports, redact_url(settings.store))
         await stop.wait()
         log.info("broker stopping: finishing in-flight messages")
     log.info("broker stopped")

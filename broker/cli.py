@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import click
 from broker import logs
 from broker.config import Settings, load_settings
 from broker.errors import BrokerError, ConfigError
+from broker.net import redact_url
 
 CONFIG_ENV = "BROKER_CONFIG"
 
@@ -87,7 +90,7 @@ def check(config: Path | None) -> None:
     if bad:
         sys.exit(1)
     click.echo(
-        f"config: ok (store {settings.store}, {len(settings.mllp)} MLLP listener(s), "
+        f"config: ok (store {redact_url(settings.store)}, {len(settings.mllp)} MLLP listener(s), "
         f"{len(settings.destinations)} destination(s))"
     )
     from broker.storage.factory import (
@@ -228,15 +231,12 @@ def journal() -> None:
     """Inspect the inbound journal (patient data redacted unless --show-phi)."""
 
 
-def _open_journal(config: Path | None) -> Any:
-    from broker.storage.factory import open_stores
+@contextmanager
+def _open_journal(config: Path | None) -> Iterator[Any]:
+    from broker.storage.factory import stores_for_command
 
-    settings = _load(config)
-    stores = open_stores(settings)
-    if not stores.exists():
-        raise click.ClickException(f"no store at {settings.store} (has the broker run?)")
-    stores.open()
-    return stores, stores.journal
+    with stores_for_command(_load(config)) as stores:
+        yield stores.journal
 
 
 @journal.command("ls")
@@ -246,19 +246,17 @@ def _open_journal(config: Path | None) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def journal_ls(config: Path | None, limit: int, status: str | None, as_json: bool) -> None:
     """Recent messages, newest first."""
-    db, store = _open_journal(config)
-    try:
-        for entry in store.recent(limit, status=status):
-            row = entry.summary()
-            if as_json:
-                click.echo(json.dumps(row))
-            else:
-                click.echo(
-                    f"{row['id']:>7} {row['received']} {row['type']:<9} {row['control_id']:<20} "
-                    f"{row['ack']} {row['status']:<9} {row['route'] or '-'}"
-                )
-    finally:
-        db.close()
+    with _open_journal(config) as store:
+        entries = store.recent(limit, status=status)
+    for entry in entries:
+        row = entry.summary()
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            click.echo(
+                f"{row['id']:>7} {row['received']} {row['type']:<9} {row['control_id']:<20} "
+                f"{row['ack']} {row['status']:<9} {row['route'] or '-'}"
+            )
 
 
 @journal.command("show")
@@ -267,17 +265,14 @@ def journal_ls(config: Path | None, limit: int, status: str | None, as_json: boo
 @click.option("--show-phi", is_flag=True, help="Print the message itself (patient data).")
 def journal_show(config: Path | None, journal_id: int, show_phi: bool) -> None:
     """One message: metadata, decision and (with --show-phi) its text."""
-    db, store = _open_journal(config)
-    try:
+    with _open_journal(config) as store:
         entry = store.get(journal_id)
-        if entry is None:
-            raise click.ClickException(f"no journal entry {journal_id}")
-        info = entry.details(show_phi=show_phi)
-        if not show_phi:
-            info["message"] = f"<{len(entry.raw)} bytes redacted; use --show-phi>"
-        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
-    finally:
-        db.close()
+    if entry is None:
+        raise click.ClickException(f"no journal entry {journal_id}")
+    info = entry.details(show_phi=show_phi)
+    if not show_phi:
+        info["message"] = f"<{len(entry.raw)} bytes redacted; use --show-phi>"
+    click.echo(json.dumps(info, indent=2, ensure_ascii=False))
 
 
 def _register_groups() -> None:

@@ -29,16 +29,10 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 @contextmanager
 def open_queue(settings: Settings, *, create: bool = False) -> Iterator[DeliveryQueue]:
     """The delivery queue of a config's store, opened for this command."""
-    from broker.storage.factory import open_stores
+    from broker.storage.factory import stores_for_command
 
-    stores = open_stores(settings)
-    if not create and not stores.exists():
-        raise click.ClickException(f"no store at {settings.store} (has the broker run?)")
-    stores.open()
-    try:
+    with stores_for_command(settings, create=create) as stores:
         yield stores.queue
-    finally:
-        stores.close()
 
 
 def _run(queue: DeliveryQueue, make: Callable[[], Coroutine[Any, Any, T]]) -> T:

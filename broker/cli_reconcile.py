@@ -22,16 +22,10 @@ _REDACTED = "<redacted>"
 @contextmanager
 def _open_store(settings: Settings) -> Iterator[Stores]:
     """The configured store (either backend), opened for this command."""
-    from broker.storage.factory import open_stores
+    from broker.storage.factory import stores_for_command
 
-    stores = open_stores(settings)
-    if not stores.exists():
-        raise click.ClickException(f"no store at {settings.store} (has the broker run?)")
-    stores.open()
-    try:
+    with stores_for_command(settings) as stores:
         yield stores
-    finally:
-        stores.close()
 
 
 def _redact(change: dict[str, Any]) -> dict[str, Any]:

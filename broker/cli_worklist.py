@@ -27,16 +27,10 @@ from broker.worklist.summary import redact, summary_row
 @contextmanager
 def open_worklist(settings: Settings, *, create: bool = False) -> Iterator[Any]:
     """The store of a config, opened for this command (another broker may be serving it)."""
-    from broker.storage.factory import open_stores
+    from broker.storage.factory import stores_for_command
 
-    stores = open_stores(settings)
-    if not create and not stores.exists():
-        raise click.ClickException(f"no store at {settings.store} (has the broker run?)")
-    stores.open()
-    try:
+    with stores_for_command(settings, create=create) as stores:
         yield stores.worklist
-    finally:
-        stores.close()
 
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]

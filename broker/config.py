@@ -20,6 +20,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from broker.errors import ConfigError
+from broker.net import redact_url
 
 ENV_PREFIX = "BROKER__"
 
@@ -252,11 +253,12 @@ class Settings(_Model):
     @field_validator("store")
     @classmethod
     def _store_url(cls, value: str) -> str:
-        if not value.startswith(("sqlite:///", "redis://", "rediss://", "redis+sentinel://")):
-            raise ValueError(
-                "expected sqlite:///PATH, redis://HOST:PORT/DB or "
-                "redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE/DB"
-            )
+        from broker.storage.store_url import StoreUrlError, check
+
+        try:
+            check(value)
+        except StoreUrlError as exc:  # the key and the (redacted) URL are added by the loader
+            raise ValueError(exc.problem) from None
         return value
 
     @model_validator(mode="after")
@@ -377,6 +379,8 @@ def _format_errors(
         key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
         found = error.get("input")
         found_text = "nothing" if error["type"] == "missing" else repr(found)
+        if isinstance(found, str) and "://" in found:  # a URL: never its password
+            found_text = repr(redact_url(found))
         if any(str(p).lower() in _SECRET_KEYS for p in loc):
             found_text = "a value (not shown: it is a secret)"
         if isinstance(found, (dict, list)):

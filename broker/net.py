@@ -1,4 +1,4 @@
-"""Socket options every connection of the broker gets, in one place."""
+"""Socket options every connection of the broker gets, and how a URL is shown, in one place."""
 
 from __future__ import annotations
 
@@ -20,3 +20,19 @@ def set_tcp_nodelay(sock: Any) -> None:
 def tcp_nodelay_is_set(sock: Any) -> bool:
     """Whether TCP_NODELAY is on (tests check every listener with it)."""
     return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+#: What a password is replaced with wherever a URL is shown (logs, errors, CLI).
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (also for URLs that do not parse)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url if "@" not in url else REDACTED
+    auth, at, hostpart = rest.rpartition("@")
+    if not at:
+        return url
+    user = auth.split(":", 1)[0]
+    return f"{scheme}://{user}:{REDACTED}@{hostpart}" if ":" in auth else url

@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from broker import cli, cli_queue
+from broker import cli
 from broker.effects import Enqueue
 from broker.queue import Ordering, State
 from broker.storage.sqlite import SqliteDatabase
@@ -24,10 +24,9 @@ def msg(cid: str) -> bytes:
 
 @pytest.fixture
 def main() -> click.Group:
-    """The main command with the queue group attached, as cli.py will do."""
-    group = click.Group("broker")
-    cli_queue.register(group, cli._load, cli.config_option)
-    return group
+    """The broker's main command (the queue group attached by cli.py), which turns the
+    broker's own errors into one-line messages."""
+    return cli.main
 
 
 @pytest.fixture

@@ -59,6 +59,7 @@ from broker.delivery.destinations import (
 )
 from broker.errors import ConfigError
 from broker.hl7.client import DEFAULT_CONNECT_TIMEOUT_S
+from broker.net import REDACTED, redact_url
 from broker.queue.base import Entry
 
 #: kombu is not annotated (mypy --strict refuses calls into it): used through ``Any``.
@@ -81,8 +82,6 @@ SCHEMES: Mapping[str, tuple[str, int, bool]] = {
 CLOSE_TIMEOUT_S = 5.0
 #: AMQP reply code 320 CONNECTION_FORCED: the broker is shutting down (a lost connection).
 CONNECTION_FORCED = 320
-#: The text that replaces a password in URLs and error texts.
-REDACTED = "***"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,18 +129,6 @@ class BusOptions:
             if len(secret) >= 3:  # shorter: replacing it would garble every word, reveal nothing
                 text = text.replace(secret, REDACTED)
         return text
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (also for URLs that do not parse)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url if "@" not in url else REDACTED
-    auth, at, hostpart = rest.rpartition("@")
-    if not at:
-        return url
-    user = auth.split(":", 1)[0]
-    return f"{scheme}://{user}:{REDACTED}@{hostpart}" if ":" in auth else url
 
 
 def bus_options(

@@ -12,10 +12,10 @@ reconcile sweep's corrections, with the same logic.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import urllib.parse
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from redis.sentinel import Sentinel
 from broker.config import Settings
 from broker.effects import OrderChange, PatientChange, WorklistStatusChange, WorklistUpsert
 from broker.errors import ConfigError
+from broker.net import redact_url
 from broker.publishing import apply_publish
 from broker.queue import DeliveryQueue
 from broker.reconcile.apply import queue_sweep_corrections
@@ -37,7 +38,7 @@ from broker.storage import redis_tx
 from broker.storage.redis_journal import RedisJournal
 from broker.storage.redis_keys import DEFAULT_PREFIX
 from broker.storage.redis_queue import RedisQueue
-from broker.storage.redis_tx import ReplicaWait, replica_wait_of, set_replica_wait
+from broker.storage.redis_tx import replica_wait_of, set_replica_wait
 from broker.storage.redis_worklist import RedisWorklistStore
 from broker.storage.sqlite import SqliteDatabase
 from broker.storage.sqlite_journal import JOURNAL_SCHEMA, Applier, SqliteJournal
@@ -56,6 +57,12 @@ from broker.storage.sqlite_worklist import (
     apply_worklist_status,
     apply_worklist_upsert,
 )
+from broker.storage.store_url import (
+    REDIS_SCHEMES,
+    SENTINEL_SCHEME,
+    SentinelUrl,
+    replica_wait,
+)
 from broker.worklist.mpps_apply import ProcedurePublishHook
 from broker.worklist.status_message import ProcedureEventHook
 
@@ -68,48 +75,16 @@ REDIS_SOCKET_TIMEOUT_S = 5.0
 EMBEDDED_ONLY_ACTIONS = ("reconcile", "publish")
 
 
-SENTINEL_SCHEME = "redis+sentinel://"
-
-
 def is_redis(settings: Settings) -> bool:
-    return settings.store.startswith(("redis://", "rediss://", SENTINEL_SCHEME))
-
-
-@dataclass(frozen=True)
-class SentinelUrl:
-    """``redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]``: the Sentinels to
-    ask, the monitored primary's service name, the database and the primary's password."""
-
-    sentinels: tuple[tuple[str, int], ...]
-    service: str
-    db: int
-    password: str | None
-
-    @classmethod
-    def parse(cls, url: str) -> SentinelUrl:
-        expected = "expected redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]"
-        rest = url.removeprefix(SENTINEL_SCHEME)
-        hosts, _, path = rest.partition("/")
-        password = None
-        if "@" in hosts:
-            auth, _, hosts = hosts.rpartition("@")
-            password = auth.partition(":")[2] or None
-        sentinels = []
-        for part in hosts.split(","):
-            host, _, port = part.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise ConfigError(f"store: {url!r}: sentinel {part!r} is not HOST:PORT; {expected}")
-            sentinels.append((host.strip("[]"), int(port)))
-        service, _, db = path.partition("/")
-        if not service or (db and not db.isdigit()):
-            raise ConfigError(f"store: {url!r}: {expected}")
-        return cls(tuple(sentinels), service, int(db or 0), password)
+    return settings.store.startswith(REDIS_SCHEMES)
 
 
 def open_database(settings: Settings) -> SqliteDatabase:
     """The embedded store with every module's schema registered (not yet opened)."""
     if is_redis(settings):
-        raise ConfigError(f"store: {settings.store!r} is a Redis store, not an SQLite file")
+        raise ConfigError(
+            f"store: {redact_url(settings.store)!r} is a Redis store, not an SQLite file"
+        )
     return SqliteDatabase(
         settings.sqlite_path, schemas=[JOURNAL_SCHEMA, QUEUE_SCHEMA, RECONCILE_SCHEMA]
     )
@@ -183,30 +158,6 @@ def redis_durability_problems(client: Redis) -> list[str]:
     return problems
 
 
-def replica_wait(url: str) -> tuple[str, ReplicaWait | None]:
-    """The store URL without the broker's own options, and its replica wait:
-    ``?wait=N`` (replicas that must confirm each commit before the ACK) and
-    ``wait_timeout_ms=M`` (default 1000)."""
-    base, _, query = url.partition("?")
-    options = urllib.parse.parse_qs(query, keep_blank_values=True)
-    wait = options.pop("wait", None)
-    timeout = options.pop("wait_timeout_ms", None)
-    rest = urllib.parse.urlencode(options, doseq=True)
-    clean = f"{base}?{rest}" if rest else base
-    if wait is None:
-        if timeout is not None:
-            raise ConfigError(f"store: {url!r}: wait_timeout_ms needs wait=N")
-        return clean, None
-    try:
-        replicas = int(wait[-1])
-        timeout_ms = int(timeout[-1]) if timeout else 1000
-    except ValueError:
-        raise ConfigError(f"store: {url!r}: wait and wait_timeout_ms must be integers") from None
-    if replicas < 0 or timeout_ms <= 0:
-        raise ConfigError(f"store: {url!r}: expected wait >= 0 and wait_timeout_ms > 0")
-    return clean, (ReplicaWait(replicas, timeout_ms) if replicas else None)
-
-
 #: The Sentinel clients behind a store client (close_client closes them with it).
 _SENTINELS: weakref.WeakKeyDictionary[Redis, list[Redis]] = weakref.WeakKeyDictionary()
 
@@ -254,7 +205,9 @@ def _connect(store: str) -> Redis:
             max_connections=64,
         )
     except ValueError as exc:
-        raise ConfigError(f"store: {store!r}: {exc}; expected redis://HOST:PORT/DB") from exc
+        raise ConfigError(
+            f"store: {redact_url(store)!r}: {exc}; expected redis://HOST:PORT/DB"
+        ) from exc
 
 
 @dataclass
@@ -365,6 +318,20 @@ class Stores:
             )
             return rows
         return history(self.db.reader(), patient=patient, order=order, limit=limit)
+
+
+@contextlib.contextmanager
+def stores_for_command(settings: Settings, *, create: bool = False) -> Iterator[Stores]:
+    """The configured store opened for one command (another broker may be serving it);
+    without ``create``, a store no broker has written yet is refused (ConfigError)."""
+    stores = open_stores(settings)
+    if not create and not stores.exists():
+        raise ConfigError(f"no store at {redact_url(settings.store)} (has the broker run?)")
+    stores.open()
+    try:
+        yield stores
+    finally:
+        stores.close()
 
 
 def redis_queue(settings: Settings) -> RedisQueue:

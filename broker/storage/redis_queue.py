@@ -643,6 +643,20 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
+def _enqueue_args(entry_id: int, effect: Enqueue, journal_id: int, now: float) -> list[Any]:
+    """ARGV of the ENQUEUE script for one entry."""
+    return [
+        DELIVERY_GROUP,
+        entry_id,
+        effect.ordering_key,
+        effect.content_type,
+        json.dumps(effect.headers),
+        effect.payload,
+        journal_id,
+        _num(now),
+    ]
+
+
 class RedisOutbox:
     """Queue entries from inside a store transaction (:mod:`broker.storage.redis_tx`), so an
     inbound message's outbound messages commit in the same MULTI/EXEC as its effects.
@@ -662,16 +676,7 @@ class RedisOutbox:
         grow) and queue its ENQUEUE in ``tx``; returns the id."""
         keys = (entry_ids(self.prefix), destinations(self.prefix))
         entry_id = int(self._allocate(keys=keys, args=[effect.destination, 1], client=self.client))
-        args = [
-            DELIVERY_GROUP,
-            entry_id,
-            effect.ordering_key,
-            effect.content_type,
-            json.dumps(effect.headers),
-            effect.payload,
-            journal_id,
-            _num(now),
-        ]
+        args = _enqueue_args(entry_id, effect, journal_id, now)
         tx.script(self._enqueue, queue_keys(effect.destination, self.prefix).all(), args)
         return entry_id
 
@@ -825,16 +830,7 @@ class RedisQueue:
 
     async def enqueue(self, effect: Enqueue, *, journal_id: int = 0) -> int:
         (entry_id,) = await self._allocate_ids(effect.destination, 1)
-        args = [
-            DELIVERY_GROUP,
-            entry_id,
-            effect.ordering_key,
-            effect.content_type,
-            json.dumps(effect.headers),
-            effect.payload,
-            journal_id,
-            _num(self.clock()),
-        ]
+        args = _enqueue_args(entry_id, effect, journal_id, self.clock())
         await self._run("enqueue", self._enqueue, effect.destination, args)
         return entry_id
 

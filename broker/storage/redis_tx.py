@@ -18,7 +18,6 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis import Redis
@@ -27,6 +26,7 @@ from redis.commands.core import Script
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError, WatchError
 
 from broker.errors import StoreError
+from broker.storage.store_url import ReplicaWait
 
 log = logging.getLogger(__name__)
 
@@ -272,17 +272,9 @@ class Tx:
         if wait is not None and confirmed < wait.replicas:
             raise ReplicasBehind(
                 f"redis: committed on the primary, but {confirmed} of {wait.replicas} "
-                f"replica(s) confirmed it within {wait.timeout_ms} ms; not acknowledged"
+                f"replica(s) confirmed it within {wait.timeout_ms} ms; not acknowledged (check the "
+                "replicas' link to the primary, or the wait= option of store:)"
             )
-
-
-@dataclass(frozen=True)
-class ReplicaWait:
-    """Wait after each commit until ``replicas`` replicas have it (``WAIT``), at most
-    ``timeout_ms``: so that a Sentinel failover cannot lose an acknowledged message."""
-
-    replicas: int
-    timeout_ms: int = 1000
 
 
 class ReplicasBehind(StoreError):

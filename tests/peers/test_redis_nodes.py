@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from tests.delivery.receiver import Answer, Receiver
-from tests.peers.conftest import BrokerProcess, MllpConnection, msa
+from tests.peers.conftest import REPO, BrokerProcess, MllpConnection, _child_env, msa
 from tests.peers.test_order_to_worklist import RETURN_KEYS, findscu, mllp_send
 from tests.redis_server import RedisServer
 
@@ -210,3 +212,41 @@ async def test_mpps_on_one_node_sends_the_order_status_of_an_order_taken_by_the_
     assert [str(m.segment("ORC")(5)) for m in sent] == ["IP", "CM"]
     assert all(str(m.segment("ORC")(1)) == "SC" for m in sent)
     assert all(str(m.segment("MSH")(12)) == "2.3.1" for m in sent)  # the order's version
+
+
+def test_a_node_started_while_redis_is_down_answers_ae_then_recovers(tmp_path: Path) -> None:
+    """Redis unreachable at start: the node starts anyway, /health says the store is
+    unavailable and every message gets AE (nothing acknowledged); once Redis answers, the
+    same node acknowledges and serves the worklist, with no restart."""
+    server = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")
+    a = node(tmp_path / "a", server.url)  # server.url names its port; nothing listens yet
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "serve", "--config", str(a.config_path)],
+        cwd=REPO,
+        env=_child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status, body = a.health(timeout=1.0)
+                break
+            except OSError:
+                assert proc.poll() is None, "the broker exited"
+                assert time.monotonic() < deadline, "no /health answer"
+                time.sleep(0.1)
+        assert status == 503 and body["store"] == "unavailable"
+        assert "MSA|AE|RIS26110200101" in mllp_send(a, "orm_o01_v231.hl7")
+        server.start()
+        while a.health(timeout=1.0)[0] != 200:
+            assert time.monotonic() < deadline + 10, "the store did not come back"
+            time.sleep(0.1)
+        assert "MSA|AA|RIS26110200101" in mllp_send(a, "orm_o01_v231.hl7")
+        (item,) = findscu(a, tmp_path / "q", "AccessionNumber=ACC26110001", *RETURN_KEYS)
+        assert item.PatientID == "MR100234"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        server.stop()

@@ -37,7 +37,7 @@ import pydicom
 from broker.errors import BrokerError
 from broker.worklist import item as wi
 from broker.worklist import mpps as mpps_rules
-from broker.worklist.encode import AnswerSpec, answer, answer_charset, encode_item
+from broker.worklist.encode import AnswerMemo, AnswerSpec, answer_charset, encode_item
 from broker.worklist.matcher import InvalidKey, Matcher
 from broker.worklist.query import (
     IndexPlan,
@@ -130,6 +130,8 @@ class WorklistService:
         # parsing and planning it (~60 µs) is done once per distinct identifier. Only
         # successfully planned queries are kept; everything cached is immutable.
         self._plans: dict[tuple[bytes, bool, str], _Prepared] = {}
+        # ... and they get the same items back: each answer is joined once (content-keyed).
+        self._memo = AnswerMemo()
 
     # -- C-FIND ----------------------------------------------------------------------------
 
@@ -196,6 +198,7 @@ class WorklistService:
         requested = query.charset
         batch: list[bytes] = []
         size = self.batch_size
+        memo = self._memo.answer
         rows = self.store.candidates(index_plan, explicit=explicit, with_json=need_json)
         for row in rows:
             item: wi.DicomJson | None = None
@@ -207,7 +210,7 @@ class WorklistService:
             declared, reencode = answer_charset(native, requested)
             if reencode:
                 blob, layout, declared = self._reencode(row, item, declared, native, explicit)
-            batch.append(answer(spec, blob, layout, declared))
+            batch.append(memo(spec, blob, layout, declared))
             if len(batch) >= size:
                 yield batch
                 batch = []

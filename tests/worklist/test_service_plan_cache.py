@@ -1,7 +1,9 @@
-"""WorklistService keeps the parse and plan of identifiers it has seen (modalities poll)."""
+"""WorklistService keeps the parse and plan of identifiers it has seen, and the answers it has
+joined, by their contents (modalities poll with the same query and get the same items)."""
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +12,8 @@ from pydicom.dataset import Dataset
 
 from broker.storage.sqlite_worklist import SqliteWorklistStore
 from broker.worklist import QueryError, WorklistService
+from broker.worklist import encode as encode_module
+from broker.worklist.encode import AnswerMemo, AnswerSpec
 
 
 def _query(accession: str) -> Dataset:
@@ -52,3 +56,53 @@ def test_refused_identifiers_are_not_kept(store: SqliteWorklistStore) -> None:
         with pytest.raises(QueryError):
             service.find(bad, explicit_vr=False, calling_ae="CT1")
     assert not service._plans
+
+
+def _names(service: WorklistService, identifier: bytes) -> list[bytes]:
+    return [a for batch in service.find(identifier, explicit_vr=True, calling_ae="") for a in batch]
+
+
+def test_an_answer_is_joined_once_and_again_when_the_item_changes(
+    store: SqliteWorklistStore,
+    encode: Callable[..., bytes],
+    make_item: Callable[..., dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store.upsert("O1", [make_item(accession="A1", name="DOE^JANE")])
+    service = WorklistService(store)
+    joined: list[bytes] = []
+    original = encode_module.answer
+
+    def counting(*args: Any) -> bytes:
+        joined.append(original(*args))
+        return joined[-1]
+
+    monkeypatch.setattr(encode_module, "answer", counting)
+    query = encode(_query("A1"), explicit=True)
+    first = _names(service, query)
+    assert _names(service, query) == first
+    assert len(joined) == 1 and b"DOE^JANE" in first[0]
+    # The order is updated: the stored bytes change, so the remembered answer is not used.
+    store.upsert("O1", [make_item(accession="A1", name="DOE^JOHN")])
+    second = _names(service, query)
+    assert len(joined) == 2
+    assert b"DOE^JOHN" in second[0] and b"DOE^JANE" not in second[0]
+    # Another request shape over the same item: its own answer.
+    other = _query("A1")
+    other.PatientID = ""
+    third = _names(service, encode(other, explicit=True))
+    assert len(joined) == 3 and third != second
+
+
+def test_the_answer_memo_is_bounded_and_keyed_by_every_input() -> None:
+    spec = AnswerSpec.build(((0x00100010, "PN", None),), explicit=True)
+    twin = AnswerSpec.build(((0x00100020, "LO", None),), explicit=True)
+    assert spec.token != twin.token
+    memo = AnswerMemo(capacity=2)
+    layout = array("I", [0, 0]).tobytes()  # an item with no elements
+    plain = memo.answer(spec, b"", layout, "")
+    declared = memo.answer(spec, b"", layout, "ISO_IR 100")
+    assert plain != declared and b"ISO_IR 100" in declared
+    assert memo.answer(twin, b"", layout, "") != plain  # another spec, another answer
+    assert len(memo) == 2
+    assert memo.answer(spec, b"", layout, "") == plain

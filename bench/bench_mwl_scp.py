@@ -5,7 +5,10 @@ TCP_NODELAY=1 in the environment of findscu and wlmscpfs; per query =
 (T(repeat R) - T(repeat 1)) / (R - 1), which cancels process start and association set-up;
 servers interleaved, several repetitions, median. Each server answers the same K items:
 wlmscpfs with exactly K files on disk, all matching (its floor); the broker with the backend
-built by ``--backend`` (default: K pre-encoded items, no store, no matching = the network floor).
+built by ``--backend`` (default: K pre-encoded items, no store, no matching = the network floor);
+and ``null_scp.py``, the least any server can do per query (a blocking socket, the K answers
+joined and sent with one ``sendall``): what findscu itself, the loopback and one send cost, a
+floor no server can go under in this measurement.
 
     .venv/bin/python bench/bench_mwl_scp.py [--reps 5] [--k 0,1,10,50,270]
         [--backend module:function]   # function(items: list[Dataset]) -> WorklistBackend
@@ -230,9 +233,24 @@ def start_broker(k: int, backend_spec: str) -> tuple[subprocess.Popen[bytes], in
     return proc, port
 
 
+def start_null(k: int) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("null_scp.py")), str(port), str(k)],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        raise RuntimeError("null SCP did not start")
+    return proc, port
+
+
 def run(ks: list[int], reps: int, backend_spec: str) -> None:
     print(f"findscu -W -q --repeat R, one association; median of {reps}; backend {backend_spec}")
-    print(f"{'K':>5} {'R':>5} {'wlmscpfs ms':>12} {'broker ms':>10} {'broker/wlmscpfs':>16}")
+    print(
+        f"{'K':>5} {'R':>5} {'wlmscpfs ms':>12} {'broker ms':>10} {'broker/wlmscpfs':>16}"
+        f" {'null ms':>8} {'null/wlmscpfs':>14}"
+    )
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         query_file = Path(tmp) / "query.dcm"
@@ -242,25 +260,33 @@ def run(ks: list[int], reps: int, backend_spec: str) -> None:
             repeat = REPEATS.get(k, 50)
             wl, wl_port = start_wlmscpfs(Path(tmp) / f"k{k}", k)
             br, br_port = start_broker(k, backend_spec)
+            nl, nl_port = start_null(k)
+            ports = {"wlmscpfs": wl_port, "broker": br_port, "null": nl_port}
             try:
                 got = {
                     name: answers(port, query_file, Path(tmp) / f"{name}{k}")
-                    for name, port in (("wlmscpfs", wl_port), ("broker", br_port))
+                    for name, port in ports.items()
                 }
                 counts = {name: len(files) for name, files in got.items()}
-                if counts != {"wlmscpfs": k, "broker": k} or got["wlmscpfs"] != got["broker"]:
+                if (
+                    set(counts.values()) != {k}
+                    or not got["wlmscpfs"] == got["broker"] == got["null"]
+                ):
                     raise RuntimeError(f"K={k}: servers answered differently ({counts} items)")
-                times: dict[str, list[float]] = {"wlmscpfs": [], "broker": []}
+                times: dict[str, list[float]] = {name: [] for name in ports}
                 for _ in range(reps):  # interleaved
-                    times["wlmscpfs"].append(per_query_ms(wl_port, query_file, repeat))
-                    times["broker"].append(per_query_ms(br_port, query_file, repeat))
+                    for name, port in ports.items():
+                        times[name].append(per_query_ms(port, query_file, repeat))
             finally:
-                for proc in (wl, br):
+                for proc in (wl, br, nl):
                     proc.terminate()
                     proc.wait()
-            w, b = statistics.median(times["wlmscpfs"]), statistics.median(times["broker"])
+            w, b, n = (statistics.median(times[name]) for name in ports)
             rows[k] = (w, b)
-            print(f"{k:>5} {repeat:>5} {w:>12.3f} {b:>10.3f} {b / w:>16.2f}", flush=True)
+            print(
+                f"{k:>5} {repeat:>5} {w:>12.3f} {b:>10.3f} {b / w:>16.2f} {n:>8.3f} {n / w:>14.2f}",
+                flush=True,
+            )
     if 1 in rows and 270 in rows:
         per_item = {
             name: (rows[270][i] - rows[1][i]) / 269 * 1000

@@ -22,6 +22,7 @@ commit): they raise :class:`broker.errors.ConflictError` and the caller rolls ba
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 import sqlite3
@@ -509,6 +510,14 @@ def build_sql(plan: IndexPlan, *, explicit: bool, with_json: bool) -> tuple[str,
     return sql, all_args
 
 
+@functools.lru_cache(maxsize=512)
+def _select_for(plan: IndexPlan, explicit: bool, with_json: bool) -> tuple[str, tuple[Any, ...]]:
+    """:func:`build_sql`, once per plan: modalities poll with the same query (the service
+    keeps their plans), so the same SELECT would be built again and again."""
+    sql, args = build_sql(plan, explicit=explicit, with_json=with_json)
+    return sql, tuple(args)
+
+
 class SqliteWorklistStore:
     """The worklist on the embedded SQLite database.
 
@@ -671,7 +680,7 @@ class SqliteWorklistStore:
         self, plan: IndexPlan, *, explicit: bool, with_json: bool
     ) -> Iterator[tuple[Any, ...]]:
         """Rows (id, native charset, blob, layout[, json]) of active items meeting ``plan``."""
-        sql, args = build_sql(plan, explicit=explicit, with_json=with_json)
+        sql, args = _select_for(plan, explicit, with_json)
         conn = self.db.reader()
         for row in conn.execute(sql, args):
             if row[2]:

@@ -1,9 +1,13 @@
 """One accepted association: P-DATA in, DIMSE services out, release, abort and timeouts.
 
-The reader (this task) reads PDUs and reassembles messages; one worker task answers requests in
-order, so a C-CANCEL-RQ (PS3.7 9.3.2.3) is seen while a C-FIND is still sending. The states
-follow PS3.8 9.2 (Sta6 data transfer, Sta13 awaiting close) without a table: the fast path has
-only a handful of transitions.
+Once the A-ASSOCIATE-AC is sent, the connection's bytes reach the association as they arrive
+(``_Feed``, an asyncio protocol put in place of the streams' one): PDUs are cut and messages
+reassembled in the transport's callback, and a C-FIND the worklist can answer at once is
+answered there, with no task to wake per PDU. Everything else (MPPS, C-ECHO, the rest of a
+C-FIND of several batches, a store across the network) goes to one worker task that answers
+requests in order, so a C-CANCEL-RQ (PS3.7 9.3.2.3) is seen while a C-FIND is still sending.
+The states follow PS3.8 9.2 (Sta6 data transfer, Sta13 awaiting close) without a table: the
+fast path has only a handful of transitions.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from pydicom import Dataset
 from pydicom.filereader import read_dataset
@@ -32,8 +38,10 @@ SERVICE_COMMANDS = {
     Service.MPPS: frozenset({dimse.N_CREATE_RQ, dimse.N_SET_RQ}),
 }
 # Requests the peer may have queued while one is answered (the default asynchronous
-# operations window is 1, PS3.7 D.3.3.3, so a well-behaved peer queues none).
+# operations window is 1, PS3.7 D.3.3.3, so a well-behaved peer queues none); past this many
+# the association stops reading until the worker catches up.
 MAX_QUEUED_REQUESTS = 16
+_HEADER = struct.Struct(">BxL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +69,38 @@ class _FindState:
 _WorkItem = dimse.Message | _FindState | None
 
 
+class _Feed(asyncio.Protocol):
+    """The connection's protocol once the association is up: bytes go straight to the
+    association; flow control and the connection's loss also reach the streams' protocol it
+    replaces, so the writer's ``drain()`` and ``wait_closed()`` keep working."""
+
+    def __init__(self, association: Association, streams: asyncio.BaseProtocol) -> None:
+        self._association = association
+        self._streams = streams
+
+    def data_received(self, data: bytes) -> None:
+        self._association.data_received(data)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
+
+    def pause_writing(self) -> None:
+        self._streams.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._streams.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._association.connection_lost()
+        self._streams.connection_lost(exc)
+
+
 class Association:
     """Serves one association after the A-ASSOCIATE-AC has been sent.
 
-    A request that finds the worker idle is answered by the reader itself (no task switch on
-    the hot path); a C-FIND with more than one batch goes on in the worker after its first
-    batch, so the reader can take a C-CANCEL-RQ. Timeouts are one watchdog timer, not a
+    A C-FIND that finds the worker idle is answered in the transport's callback (no task
+    switch on the hot path); when its answer has more than one batch, the worker sends the
+    rest, so the next C-CANCEL-RQ is read meanwhile. Timeouts are one watchdog timer, not a
     timeout context per read (three of those cost ~15 % of a small query here).
     """
 
@@ -88,67 +122,137 @@ class Association:
         self.calling_ae = accepted.calling_ae
         self._loop = asyncio.get_running_loop()
         self._assembler = dimse.MessageAssembler(limits.max_message)
-        self._queue: asyncio.Queue[_WorkItem] = asyncio.Queue(MAX_QUEUED_REQUESTS)
+        self._queue: asyncio.Queue[_WorkItem] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
         self._worker_busy = False
         self._finds: set[int] = set()  # message IDs of C-FINDs queued or running
         self._cancels: set[int] = set()  # ... of those a C-CANCEL-RQ asked to stop
         self._last_activity = self._loop.time()
         self._watchdog: asyncio.TimerHandle | None = None
         self._timed_out = False
+        self._buffer = bytearray()  # received bytes not yet a whole PDU
+        self._reading = True  # False once released, aborted or lost: bytes are ignored
+        self._paused = False  # reading paused: MAX_QUEUED_REQUESTS wait for the worker
+        self._releasing: asyncio.Task[None] | None = None
+        self._finished: asyncio.Future[None] = self._loop.create_future()
+        # A socket transport reads too (typeshed types a StreamWriter's as write-only).
+        self._transport = cast(asyncio.Transport, writer.transport)
+        # A store across the network is read in a worker thread (see _next_batch).
+        self._find_blocks = bool(getattr(backend, "find_blocks", False))
 
-    # -- reader ----------------------------------------------------------------------------
+    # -- receiving ---------------------------------------------------------------------------
 
     async def serve(self) -> None:
         """Serve until release, abort, timeout or close; never raises for peer misbehaviour."""
-        worker = asyncio.create_task(self._work(), name=f"dimse {self.peer}")
+        self._worker = asyncio.create_task(self._work(), name=f"dimse {self.peer}")
         self._arm_watchdog()
+        transport = self.writer.transport
+        # Bytes the peer sent right behind its A-ASSOCIATE-RQ are still in the stream reader.
+        early = getattr(self.reader, "_buffer", None)
+        leftover = bytes(early) if early else b""
+        if early:
+            early.clear()
+        ended = bool(getattr(self.reader, "_eof", False))
+        transport.set_protocol(_Feed(self, transport.get_protocol()))
         try:
-            await self._read_loop(worker)
-        except (pdu.PDUError, dimse.DimseError) as exc:
-            log.warning("aborting association from %s (%s): %s", self.calling_ae, self.peer, exc)
-            reason = exc.reason if isinstance(exc, pdu.PDUError) else pdu.REASON_INVALID_PARAMETER
-            self._abort(reason)
-        except TimeoutError:
-            log.info("association from %s (%s) stalled: aborted", self.calling_ae, self.peer)
-            self._abort(pdu.REASON_NOT_SPECIFIED)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            if not self._timed_out:
-                log.info("association from %s (%s) closed by peer", self.calling_ae, self.peer)
+            if leftover:
+                self.data_received(leftover)
+            if ended or transport.is_closing():
+                self.connection_lost()
+            await self._finished
         finally:
             if self._watchdog is not None:
                 self._watchdog.cancel()
-            if not worker.done():
-                worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
+            tasks = [t for t in (self._worker, self._releasing) if t is not None]
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._close()
 
-    async def _read_loop(self, worker: asyncio.Task[None]) -> None:
-        max_pdu, reader, loop = self.limits.max_pdu, self.reader, self._loop
-        while True:
-            pdu_type, body = await pdu.read_pdu(reader, max_pdata=max_pdu)
-            self._last_activity = loop.time()
-            if pdu_type == pdu.P_DATA_TF:
-                for message in self._assembler.feed(body):
-                    await self._dispatch(message)
-            elif pdu_type == pdu.A_RELEASE_RQ:
-                # PS3.8 9.3.6: answer once the outstanding operations are done.
-                await self._queue.put(None)
-                async with asyncio.timeout(self.limits.dimse_timeout or None):
-                    await asyncio.shield(worker)
-                self.writer.write(pdu.RELEASE_RP)
-                log.info("association from %s (%s) released", self.calling_ae, self.peer)
-                await self._drain()
-                return
-            elif pdu_type == pdu.A_ABORT:
-                log.info("association from %s (%s) aborted by peer", self.calling_ae, self.peer)
-                return
-            else:
-                raise pdu.PDUError(
-                    f"unexpected PDU type 0x{pdu_type:02X} during data transfer",
-                    pdu.REASON_UNEXPECTED_PDU,
+    def data_received(self, data: bytes) -> None:
+        """Cut PDUs from the received bytes and act on each; never raises (a protocol error
+        aborts the association, a bug is logged and aborts it too)."""
+        if not self._reading:
+            return
+        buffer = self._buffer
+        buffer += data
+        try:
+            while self._reading and len(buffer) >= pdu.HEADER_LEN:
+                pdu_type, length = _HEADER.unpack_from(buffer)
+                if pdu_type not in pdu.KNOWN_PDU_TYPES:
+                    raise pdu.PDUError(
+                        f"unknown PDU type 0x{pdu_type:02X}", pdu.REASON_UNRECOGNIZED_PDU
+                    )
+                limit = (
+                    self.limits.max_pdu
+                    if pdu_type == pdu.P_DATA_TF
+                    else pdu.DEFAULT_MAX_ASSOCIATE_PDU
                 )
+                if limit and length > limit:
+                    raise pdu.PDUError(
+                        f"PDU type 0x{pdu_type:02X} of {length} bytes is above the limit of {limit}"
+                    )
+                end = pdu.HEADER_LEN + length
+                if len(buffer) < end:
+                    break
+                body = bytes(buffer[pdu.HEADER_LEN : end])
+                del buffer[:end]
+                # Whole PDUs count as activity, not bytes: a peer dripping a PDU byte by
+                # byte is still aborted by the watchdog.
+                self._last_activity = self._loop.time()
+                self._on_pdu(pdu_type, body)
+        except (pdu.PDUError, dimse.DimseError) as exc:
+            log.warning("aborting association from %s (%s): %s", self.calling_ae, self.peer, exc)
+            reason = exc.reason if isinstance(exc, pdu.PDUError) else pdu.REASON_INVALID_PARAMETER
+            self._end(reason)
+        except Exception:
+            # A bug must not take the server down; the peer gets an A-ABORT.
+            log.exception("association from %s (%s) failed", self.calling_ae, self.peer)
+            self._end(pdu.REASON_NOT_SPECIFIED)
 
-    async def _dispatch(self, message: dimse.Message) -> None:
+    def connection_lost(self) -> None:
+        if self._reading and not self._timed_out:
+            log.info("association from %s (%s) closed by peer", self.calling_ae, self.peer)
+        self._reading = False
+        self._finish()
+
+    def _on_pdu(self, pdu_type: int, body: bytes) -> None:
+        if pdu_type == pdu.P_DATA_TF:
+            for message in self._assembler.feed(body):
+                self._dispatch(message)
+        elif pdu_type == pdu.A_RELEASE_RQ:
+            # PS3.8 9.3.6: answer once the outstanding operations are done.
+            self._reading = False
+            self._queue.put_nowait(None)
+            self._releasing = asyncio.create_task(self._release(), name=f"release {self.peer}")
+        elif pdu_type == pdu.A_ABORT:
+            log.info("association from %s (%s) aborted by peer", self.calling_ae, self.peer)
+            self._reading = False
+            self._finish()
+        else:
+            raise pdu.PDUError(
+                f"unexpected PDU type 0x{pdu_type:02X} during data transfer",
+                pdu.REASON_UNEXPECTED_PDU,
+            )
+
+    async def _release(self) -> None:
+        try:
+            async with asyncio.timeout(self.limits.dimse_timeout or None):
+                if self._worker is not None:
+                    await asyncio.shield(self._worker)
+            self.writer.write(pdu.RELEASE_RP)
+            log.info("association from %s (%s) released", self.calling_ae, self.peer)
+            await self._drain()
+        except TimeoutError:
+            log.info("association from %s (%s) stalled: aborted", self.calling_ae, self.peer)
+            self._abort(pdu.REASON_NOT_SPECIFIED)
+        except ConnectionError:
+            pass
+        finally:
+            self._finish()
+
+    def _dispatch(self, message: dimse.Message) -> None:
         context = self.accepted.contexts.get(message.context_id)
         if context is None:
             raise pdu.PDUError(f"presentation context {message.context_id} was not accepted")
@@ -159,14 +263,21 @@ class Association:
             return
         if command.command_field == dimse.C_FIND_RQ:
             self._finds.add(command.message_id)
-        if self._worker_busy or not self._queue.empty():
-            await self._queue.put(message)  # answered in order, after the running request
-            return
-        rest = await self._answer(context, message, inline=True)
-        if rest is None:
-            self._done(message)
-        else:
-            self._queue.put_nowait(rest)
+        if self._worker_busy or not self._queue.empty() or not self._find_now(context, message):
+            self._queue.put_nowait(message)  # answered in order, after the running request
+            if self._queue.qsize() >= MAX_QUEUED_REQUESTS and not self._paused:
+                self._paused = True
+                self._transport.pause_reading()
+
+    def _end(self, reason: int) -> None:
+        """Abort after a protocol error: A-ABORT, stop reading, finish."""
+        self._reading = False
+        self._abort(reason)
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._finished.done():
+            self._finished.set_result(None)
 
     # -- idle and stall watchdog -----------------------------------------------------------
 
@@ -201,15 +312,16 @@ class Association:
                 message = item.message if isinstance(item, _FindState) else item
                 try:
                     if isinstance(item, _FindState):
-                        await self._stream(item, inline=False)
+                        await self._stream(item)
                     else:
-                        await self._answer(
-                            self.accepted.contexts[item.context_id], item, inline=False
-                        )
+                        await self._answer(self.accepted.contexts[item.context_id], item)
                 finally:
                     self._done(message)
                     self._worker_busy = False
                     self._last_activity = self._loop.time()
+                    if self._paused and self._queue.qsize() < MAX_QUEUED_REQUESTS:
+                        self._paused = False
+                        self._transport.resume_reading()
         except Exception as exc:  # a stalled peer (drain timeout) or a lost connection
             log.info(
                 "association from %s (%s) stopped: %s",
@@ -217,16 +329,14 @@ class Association:
                 self.peer,
                 type(exc).__name__,
             )
-            self.abort()  # the reader then sees the connection closed
+            self.abort()
 
     def _done(self, message: dimse.Message) -> None:
         self._finds.discard(message.command.message_id)
         self._cancels.discard(message.command.message_id)
 
-    async def _answer(
-        self, context: AcceptedContext, message: dimse.Message, *, inline: bool
-    ) -> _FindState | None:
-        """Answer ``message``; return the rest of a C-FIND answer when ``inline`` hands it off."""
+    async def _answer(self, context: AcceptedContext, message: dimse.Message) -> None:
+        """Answer ``message`` (in the worker)."""
         command = message.command
         field = command.command_field
         if field not in SERVICE_COMMANDS[context.service]:
@@ -250,12 +360,31 @@ class Association:
                 "SOP class differs from the presentation context",
             )
         elif field == dimse.C_FIND_RQ:
-            return await self._find(context, message, inline)
+            await self._find(context, message)
         elif field == dimse.C_ECHO_RQ:
             await self._reply_status(context, message, status.SUCCESS)
         else:
             await self._mpps(context, message)
-        return None
+
+    def _status_pdu(
+        self,
+        context: AcceptedContext,
+        message: dimse.Message,
+        code: int,
+        comment: str = "",
+        sop_instance_uid: str = "",
+    ) -> bytes:
+        """The response of ``message`` with ``code`` and no dataset, as a P-DATA-TF."""
+        command = message.command
+        rsp = dimse.response(
+            command.command_field | dimse.RESPONSE_BIT,
+            command.message_id,
+            context.sop_class_uid,
+            code,
+            sop_instance_uid=sop_instance_uid,
+            error_comment=comment,
+        )
+        return pdu.encode_p_data(context.context_id, rsp, None, self.accepted.peer_max_pdu)
 
     async def _reply_status(
         self,
@@ -266,30 +395,78 @@ class Association:
         sop_instance_uid: str = "",
     ) -> None:
         """Send the response of ``message`` with ``code`` and no dataset."""
-        command = message.command
-        field = command.command_field | dimse.RESPONSE_BIT
-        rsp = dimse.response(
-            field,
-            command.message_id,
-            context.sop_class_uid,
-            code,
-            sop_instance_uid=sop_instance_uid,
-            error_comment=comment,
-        )
-        self.writer.write(
-            pdu.encode_p_data(context.context_id, rsp, None, self.accepted.peer_max_pdu)
-        )
+        self.writer.write(self._status_pdu(context, message, code, comment, sop_instance_uid))
         await self._drain()
 
-    async def _find(
-        self, context: AcceptedContext, message: dimse.Message, inline: bool
-    ) -> _FindState | None:
-        """Answer a Modality Worklist C-FIND (PS3.4 K.4.1.2; RAD-5): one PDU per response."""
+    # -- C-FIND ------------------------------------------------------------------------------
+
+    def _find_now(self, context: AcceptedContext, message: dimse.Message) -> bool:
+        """Answer a Modality Worklist C-FIND here, in the transport's callback, when nothing
+        is waiting to be sent and the store is local; False (nothing done) otherwise. A
+        second batch and the rest go to the worker, so a C-CANCEL-RQ is read meanwhile."""
+        command = message.command
+        if (
+            command.command_field != dimse.C_FIND_RQ
+            or context.service is not Service.WORKLIST
+            or (command.sop_class_uid and command.sop_class_uid != context.sop_class_uid)
+            or message.dataset is None
+            or self._find_blocks
+            or self.writer.transport.get_write_buffer_size()
+        ):
+            return False
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("C-FIND from %s: identifier %s", self.calling_ae, logs.phi(message.dataset))
+        write = self.writer.write
+        try:
+            batches = self.backend.find(
+                message.dataset, explicit_vr=context.explicit_vr, calling_ae=self.calling_ae
+            )
+            batch = next(batches, None)
+        except Exception as exc:
+            write(self._failure_pdu(context, message, exc))
+            self._done(message)
+            return True
+        state = _FindState(context, message, batches, batch, self._encoder(context, message))
+        handed_off = False
+        try:
+            if batch is None:
+                write(state.encoder.join([], self._final(state)))
+            else:
+                try:
+                    following = next(batches, None)  # the last batch shares the final's write
+                except Exception as exc:
+                    write(state.encoder.join(batch) + self._failure_pdu(context, message, exc))
+                    return True
+                state.sent = len(batch)
+                if following is None:
+                    write(state.encoder.join(batch, self._final(state)))
+                else:
+                    write(state.encoder.join(batch))
+                    state.batch = following
+                    self._queue.put_nowait(state)
+                    handed_off = True
+            return True
+        finally:
+            if not handed_off:
+                self._done(message)
+                close = getattr(batches, "close", None)  # a generator: run its cleanup now
+                if close is not None:
+                    close()
+
+    def _encoder(self, context: AcceptedContext, message: dimse.Message) -> pdu.ResponseEncoder:
+        pending = dimse.response_template(
+            dimse.C_FIND_RSP, context.sop_class_uid, status.PENDING, True
+        ).render(message.command.message_id)
+        return pdu.ResponseEncoder(context.context_id, pending, self.accepted.peer_max_pdu)
+
+    async def _find(self, context: AcceptedContext, message: dimse.Message) -> None:
+        """Answer a Modality Worklist C-FIND (PS3.4 K.4.1.2; RAD-5) in the worker: one PDU
+        per response, batches streamed so that a C-CANCEL-RQ stops them."""
         if message.dataset is None:
             await self._reply_status(
                 context, message, status.IDENTIFIER_DOES_NOT_MATCH, "C-FIND-RQ without identifier"
             )
-            return None
+            return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("C-FIND from %s: identifier %s", self.calling_ae, logs.phi(message.dataset))
         try:
@@ -299,27 +476,22 @@ class Association:
             batch = await self._next_batch(batches)
         except Exception as exc:
             await self._find_failed(context, message, exc)
-            return None
-        pending = dimse.response_template(
-            dimse.C_FIND_RSP, context.sop_class_uid, status.PENDING, True
-        ).render(message.command.message_id)
-        encoder = pdu.ResponseEncoder(context.context_id, pending, self.accepted.peer_max_pdu)
-        return await self._stream(_FindState(context, message, batches, batch, encoder), inline)
+            return
+        encoder = self._encoder(context, message)
+        await self._stream(_FindState(context, message, batches, batch, encoder))
 
     async def _next_batch(self, batches: Iterator[list[bytes]]) -> list[bytes] | None:
         """The next batch of answers: on the event loop (a local store answers in
         microseconds), or in a worker thread when the backend's store is across the network
         (``find_blocks``), so that a slow or hung store never stalls other associations."""
-        if getattr(self.backend, "find_blocks", False):
+        if self._find_blocks:
             return await asyncio.to_thread(next, batches, None)
         return next(batches, None)
 
-    async def _stream(self, state: _FindState, inline: bool) -> _FindState | None:
-        """Send batches until the end, a C-CANCEL or a failure; when ``inline``, return the
-        state after the first of several batches so that the worker goes on with it."""
+    async def _stream(self, state: _FindState) -> None:
+        """Send batches until the end, a C-CANCEL or a failure."""
         context, message, batches = state.context, state.message, state.batches
         message_id = message.command.message_id
-        handed_off = False
         try:
             while state.batch is not None:
                 if message_id in self._cancels:
@@ -327,36 +499,31 @@ class Association:
                         "C-FIND from %s cancelled after %d matches", self.calling_ae, state.sent
                     )
                     await self._reply_status(context, message, status.CANCEL)
-                    return None
+                    return
                 if self.writer.is_closing():
-                    return None
+                    return
                 # Look ahead one batch, so the last batch and the final response share a write.
                 try:
                     following = await self._next_batch(batches)
                 except Exception as exc:
                     self.writer.write(state.encoder.join(state.batch))
                     await self._find_failed(context, message, exc)
-                    return None
+                    return
                 state.sent += len(state.batch)
                 if following is None:
                     self.writer.write(state.encoder.join(state.batch, self._final(state)))
                     await self._drain()
-                    return None
+                    return
                 self.writer.write(state.encoder.join(state.batch))
                 state.batch = following
                 await self._drain()
-                if inline:
-                    handed_off = True
-                    return state
                 await asyncio.sleep(0)  # let the reader see a C-CANCEL-RQ between batches
             self.writer.write(state.encoder.join([], self._final(state)))
             await self._drain()
-            return None
         finally:
-            if not handed_off:
-                close = getattr(batches, "close", None)  # a generator: run its cleanup now
-                if close is not None:
-                    close()
+            close = getattr(batches, "close", None)  # a generator: run its cleanup now
+            if close is not None:
+                close()
 
     @staticmethod
     def _final(state: _FindState) -> bytes:
@@ -364,9 +531,9 @@ class Association:
             dimse.C_FIND_RSP, state.context.sop_class_uid, status.SUCCESS, False
         ).render(state.message.command.message_id)
 
-    async def _find_failed(
+    def _failure_pdu(
         self, context: AcceptedContext, message: dimse.Message, exc: Exception
-    ) -> None:
+    ) -> bytes:
         failure = failure_of(exc)
         if failure is None:
             # As pynetdicom service_class.py: a raising handler answers 0xC311, association up.
@@ -379,7 +546,13 @@ class Association:
             failure = (status.HANDLER_FAILURE, "worklist query failed")
         else:
             log.info("C-FIND from %s refused with 0x%04X", self.calling_ae, failure[0])
-        await self._reply_status(context, message, *failure)
+        return self._status_pdu(context, message, *failure)
+
+    async def _find_failed(
+        self, context: AcceptedContext, message: dimse.Message, exc: Exception
+    ) -> None:
+        self.writer.write(self._failure_pdu(context, message, exc))
+        await self._drain()
 
     async def _mpps(self, context: AcceptedContext, message: dimse.Message) -> None:
         """Answer MPPS N-CREATE (PS3.4 F.7.2.1) or N-SET (F.7.2.2), decoded with pydicom."""
@@ -443,9 +616,12 @@ class Association:
             self.writer.write(pdu.abort_pdu(pdu.SOURCE_PROVIDER, reason))
 
     def abort(self) -> None:
-        """Send an A-ABORT and close (used by the server's bounded shutdown)."""
+        """Send an A-ABORT and close (the watchdog, a stalled worker, the server's bounded
+        shutdown); :meth:`serve` then returns."""
+        self._reading = False
         self._abort(pdu.REASON_NOT_SPECIFIED)
         self._close()
+        self._finish()
 
     def _close(self) -> None:
         if not self.writer.is_closing():

@@ -25,6 +25,7 @@ from broker.dicom import (
     dimse,
     pdu,
 )
+from broker.dicom.association import Association
 from broker.net import set_tcp_nodelay, tcp_nodelay_is_set
 from tests.dicom.encoded_pdus import (
     ABORT_FROM_USER,
@@ -417,6 +418,104 @@ async def test_peer_abort_ends_the_association(scp: DicomSCP) -> None:
     await assert_still_serving(scp.port)
 
 
+# -- pipelining: requests that arrive together ------------------------------------------------
+
+
+def _echo_rq(message_id: int) -> bytes:
+    return dimse.encode_command({
+        dimse.AFFECTED_SOP_CLASS_UID: b"1.2.840.10008.1.1\x00",
+        dimse.COMMAND_FIELD: b"\x30\x00", dimse.MESSAGE_ID: message_id.to_bytes(2, "little"),
+        dimse.COMMAND_DATA_SET_TYPE: b"\x01\x01",
+    })  # fmt: skip
+
+
+def _find_rq(message_id: int) -> bytes:
+    return dimse.encode_command({
+        dimse.AFFECTED_SOP_CLASS_UID: MODALITY_WORKLIST_FIND.encode() + b"\x00",
+        dimse.COMMAND_FIELD: b"\x20\x00", dimse.MESSAGE_ID: message_id.to_bytes(2, "little"),
+        dimse.PRIORITY: b"\x00\x00", dimse.COMMAND_DATA_SET_TYPE: b"\x01\x00",
+    })  # fmt: skip
+
+
+async def _responses(peer: RawPeer, count: int) -> list[tuple[int, int, int]]:
+    """(message ID responded to, command field, status) of the next ``count`` final
+    responses, pending C-FIND responses counted per request in the status slot's place."""
+    out: list[tuple[int, int, int]] = []
+    pending = 0
+    while len(out) < count:
+        pdu_type, body = await peer.read()
+        assert pdu_type == pdu.P_DATA_TF
+        for _, control, fragment in pdu.iter_pdvs(body):
+            if not control & pdu.MCH_COMMAND:
+                continue
+            rsp = decode(bytes(fragment), explicit_vr=False)
+            if rsp.Status == 0xFF00:
+                pending += 1
+                continue
+            out.append((rsp.MessageIDBeingRespondedTo, rsp.CommandField, pending))
+            pending = 0
+    return out
+
+
+async def test_requests_behind_the_associate_rq_are_answered(scp: DicomSCP) -> None:
+    """Bytes that arrive with the A-ASSOCIATE-RQ (a peer that does not wait for the AC, or
+    one TCP segment holding both) are served once the association is up."""
+    async with raw_peer(scp.port) as peer:
+        await peer.send(ASSOCIATE_RQ + p_data(VERIFICATION_CONTEXT, 3, _echo_rq(5)) + RELEASE_RQ)
+        assert (await peer.read())[0] == pdu.A_ASSOCIATE_AC
+        assert await _responses(peer, 1) == [(5, 0x8030, 0)]
+        assert await peer.read() == (pdu.A_RELEASE_RP, b"\x00\x00\x00\x00")
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    scp: DicomSCP, items: list[Dataset]
+) -> None:
+    """More requests than the association queues (it stops reading meanwhile), C-FINDs whose
+    first batch is answered at once and whose rest the worker sends, and C-ECHOs the worker
+    answers, all in one write: every answer, complete and in request order."""
+    identifier = encode(worklist_query(), False)
+    burst = b"".join(
+        p_data(WORKLIST_CONTEXT, 3, _find_rq(n)) + p_data(WORKLIST_CONTEXT, 2, identifier)
+        if n % 2
+        else p_data(VERIFICATION_CONTEXT, 3, _echo_rq(n))
+        for n in range(1, 61)
+    )
+    async with raw_peer(scp.port) as peer:
+        await peer.associate()
+        await peer.send(burst)
+        got = await _responses(peer, 60)
+        assert got == [(n, 0x8020, len(items)) if n % 2 else (n, 0x8030, 0) for n in range(1, 61)]
+        # and the association still answers one request at a time afterwards
+        assert (await peer.request(VERIFICATION_CONTEXT, _echo_rq(99))).Status == 0
+        await peer.send(RELEASE_RQ)
+        assert await peer.read() == (pdu.A_RELEASE_RP, b"\x00\x00\x00\x00")
+
+
+async def test_a_peer_gone_right_after_its_associate_rq_ends_the_association(
+    scp: DicomSCP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The peer's EOF reaches the stream reader before the association takes the connection
+    over (held back here so that it always does): the association ends at once, not after
+    the idle timeout."""
+    serve = Association.serve
+
+    async def late(self: Association) -> None:
+        await asyncio.sleep(0.2)
+        await serve(self)
+
+    monkeypatch.setattr(Association, "serve", late)
+    async with raw_peer(scp.port) as peer:
+        await peer.send(ASSOCIATE_RQ)
+        peer.writer.write_eof()
+        assert (await peer.read())[0] == pdu.A_ASSOCIATE_AC
+        async with asyncio.timeout(5):
+            assert await peer.reader.read() == b""
+    async with asyncio.timeout(5):
+        while scp.active_associations:
+            await asyncio.sleep(0.01)
+    await assert_still_serving(scp.port)
+
+
 # -- limits, timeouts, access, shutdown --------------------------------------------------------
 
 
@@ -427,6 +526,29 @@ async def test_idle_association_is_aborted(scp: DicomSCP) -> None:
         started = time.monotonic()
         await peer.expect_abort_and_close(timeout=3)
         assert 0.15 < time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("scp_options", [{"idle_timeout": 0.3}])
+async def test_a_pdu_dripped_byte_by_byte_does_not_keep_the_association(scp: DicomSCP) -> None:
+    """Activity is whole PDUs: a peer sending one byte every 50 ms never completes one and
+    is aborted after the idle timeout like a silent peer."""
+    async with raw_peer(scp.port) as peer:
+        await peer.associate()
+        started = time.monotonic()
+
+        async def drip() -> None:
+            with suppress(ConnectionError):
+                for byte in p_data(VERIFICATION_CONTEXT, 3, C_ECHO_RQ):
+                    await peer.send(bytes((byte,)))
+                    await asyncio.sleep(0.05)
+
+        dripping = asyncio.create_task(drip())
+        try:
+            await peer.expect_abort_and_close(timeout=3)
+        finally:
+            dripping.cancel()
+            await asyncio.gather(dripping, return_exceptions=True)
+        assert 0.25 < time.monotonic() - started < 2
 
 
 @pytest.mark.parametrize("scp_options", [{"acse_timeout": 0.2}])

@@ -283,6 +283,28 @@ def orthanc_plugin() -> Path:
     raise RuntimeError("libModalityWorklists.so not found (dpkg -L orthanc)")
 
 
+NULL_LABEL = "null responder"
+
+
+def start_null(run_dir: Path) -> Server:
+    """bench/null_scp.py answering nothing (K=0): findscu's own cost plus one send."""
+    port = free_port()
+    log = run_dir / "null.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "null_scp.py"), str(port), "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(NULL_LABEL, port, "BENCHWL", proc, log)
+    try:
+        wait_port(port, proc, server.label)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def start_orthanc(worklists: Path, run_dir: Path) -> Server:
     """Orthanc with its ModalityWorklists plugin on ``worklists``; loopback-only HTTP with
     authentication, C-FIND worklist allowed to the registered findscu only (DESIGN.md §9)."""
@@ -415,6 +437,8 @@ def run(sizes: list[int], reps: int) -> None:
             wlm = start_wlmscpfs(root, run_dir)
             orthanc = start_orthanc(peer_files, run_dir)
             servers.append(orthanc)
+            null = start_null(run_dir)  # the least any server can do (K=0 only)
+            servers.append(null)
             wport = wlm.port  # type: ignore[attr-defined]
 
             cells: list[Cell] = []
@@ -428,6 +452,8 @@ def run(sizes: list[int], reps: int) -> None:
                 cells.append(Cell(orthanc.label, q.name, orthanc.port, "ORTHANC", qfiles[q.name]))
             for k, q in floors.items():
                 cells.append(Cell("wlmscpfs floor", q.name, wport, f"FLOOR{k}", qfiles[q.name]))
+            if 0 in floors:
+                cells.append(Cell(null.label, "K=0", null.port, "BENCHWL", qfiles["K=0"]))
 
             for i, cell in enumerate(cells):
                 cell.answers = accessions(cell.port, cell.ae, cell.file, probe / f"c{i}")
@@ -482,6 +508,9 @@ def check_answers(
                         f"{peer} {q.name}: {by[(peer, q.name)].k} answers, "
                         f"{ref} {by[(ref, q.name)].k} (different items)"
                     )
+    null = by.get((NULL_LABEL, "K=0"))
+    if null is not None and null.k:
+        problems.append(f"{NULL_LABEL}: {null.k} answers to K=0")
     big = brokers[max(brokers)].label
     for q in floors.values():
         if by[("wlmscpfs floor", q.name)].answers != by[(big, q.name)].answers:
@@ -522,7 +551,15 @@ def report(
     for k, q in floors.items():
         w, b = by[("wlmscpfs floor", q.name)], by[(big, q.name)]
         mark = "" if b.ms <= 0.6 * w.ms else "  **missed**"
-        print(f"| {k} | {w.ms:.2f} | {b.ms:.2f} | {b.ms / w.ms:.2f}{mark} |")
+        print(f"| {k} | {w.ms:.3f} | {b.ms:.3f} | {b.ms / w.ms:.2f}{mark} |")
+    null = by.get((NULL_LABEL, "K=0"))
+    if null is not None and 0 in floors:
+        w = by[("wlmscpfs floor", floors[0].name)]
+        print(
+            f"K=0 null responder (bench/null_scp.py: one send per query, nothing else): "
+            f"{null.ms:.3f} ms = {null.ms / w.ms:.2f}x the wlmscpfs floor, the least any server "
+            f"measures here"
+        )
 
     if len(labels) > 1:
         print()

@@ -20,6 +20,7 @@ import base64
 import functools
 import itertools
 import struct
+import threading
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -505,11 +506,13 @@ class AnswerMemo:
     by ``capacity`` entries, oldest dropped first.
     """
 
-    __slots__ = ("_answers", "capacity")
+    __slots__ = ("_answers", "_lock", "capacity")
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
         self._answers: dict[tuple[int, str, bytes, bytes], bytes] = {}
+        # A store across the network is read in worker threads: eviction must not race.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -521,9 +524,10 @@ class AnswerMemo:
         if found is None:
             found = answer(spec, blob, layout, charset)
             if self.capacity > 0:
-                if len(self._answers) >= self.capacity:
-                    del self._answers[next(iter(self._answers))]
-                self._answers[key] = found
+                with self._lock:
+                    if len(self._answers) >= self.capacity:
+                        del self._answers[next(iter(self._answers))]
+                    self._answers[key] = found
         return found
 
 

@@ -3,8 +3,10 @@ joined, by their contents (modalities poll with the same query and get the same 
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -106,3 +108,27 @@ def test_the_answer_memo_is_bounded_and_keyed_by_every_input() -> None:
     assert memo.answer(twin, b"", layout, "") != plain  # another spec, another answer
     assert len(memo) == 2
     assert memo.answer(spec, b"", layout, "") == plain
+
+
+def test_the_answer_memo_takes_concurrent_readers() -> None:
+    """A Redis-backed store is read in worker threads: misses and evictions from several
+    threads at once neither raise nor let the memo grow past its bound."""
+    spec = AnswerSpec.build(((0x00100010, "PN", None),), explicit=True)
+    memo = AnswerMemo(capacity=8)
+    layout = array("I", [0, 0]).tobytes()
+    charsets = [f"SET{n}" for n in range(64)]
+
+    def hammer() -> None:
+        for _ in range(200):
+            for charset in charsets:
+                memo.answer(spec, b"", layout, charset)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that a race shows
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for done in [pool.submit(hammer) for _ in range(4)]:
+                done.result()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(memo) <= 8

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -41,7 +40,6 @@ SERVICE_COMMANDS = {
 # operations window is 1, PS3.7 D.3.3.3, so a well-behaved peer queues none); past this many
 # the association stops reading until the worker catches up.
 MAX_QUEUED_REQUESTS = 16
-_HEADER = struct.Struct(">BxL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +144,7 @@ class Association:
         """Serve until release, abort, timeout or close; never raises for peer misbehaviour."""
         self._worker = asyncio.create_task(self._work(), name=f"dimse {self.peer}")
         self._arm_watchdog()
-        transport = self.writer.transport
+        transport = self._transport
         # Bytes the peer sent right behind its A-ASSOCIATE-RQ are still in the stream reader.
         early = getattr(self.reader, "_buffer", None)
         leftover = bytes(early) if early else b""
@@ -179,20 +177,7 @@ class Association:
         buffer += data
         try:
             while self._reading and len(buffer) >= pdu.HEADER_LEN:
-                pdu_type, length = _HEADER.unpack_from(buffer)
-                if pdu_type not in pdu.KNOWN_PDU_TYPES:
-                    raise pdu.PDUError(
-                        f"unknown PDU type 0x{pdu_type:02X}", pdu.REASON_UNRECOGNIZED_PDU
-                    )
-                limit = (
-                    self.limits.max_pdu
-                    if pdu_type == pdu.P_DATA_TF
-                    else pdu.DEFAULT_MAX_ASSOCIATE_PDU
-                )
-                if limit and length > limit:
-                    raise pdu.PDUError(
-                        f"PDU type 0x{pdu_type:02X} of {length} bytes is above the limit of {limit}"
-                    )
+                pdu_type, length = pdu.read_header(buffer, max_pdata=self.limits.max_pdu)
                 end = pdu.HEADER_LEN + length
                 if len(buffer) < end:
                     break
@@ -411,7 +396,7 @@ class Association:
             or (command.sop_class_uid and command.sop_class_uid != context.sop_class_uid)
             or message.dataset is None
             or self._find_blocks
-            or self.writer.transport.get_write_buffer_size()
+            or self._transport.get_write_buffer_size()
         ):
             return False
         if log.isEnabledFor(logging.DEBUG):

@@ -1,4 +1,4 @@
-"""DICOM Upper Layer PDUs on the fast path: reading from a stream, P-DATA-TF, release, abort.
+"""DICOM Upper Layer PDUs on the fast path: PDU headers, P-DATA-TF, release, abort.
 
 Only what the SCP needs once an association is up (PS3.8 Section 9.3). Association negotiation
 (A-ASSOCIATE-RQ/AC/RJ) is decoded and encoded by pynetdicom's ``pdu`` module in ``scp.py``.
@@ -74,13 +74,22 @@ async def read_pdu(
     its body is read), and ``asyncio.IncompleteReadError`` when the peer closes mid-PDU.
     """
     header = await reader.readexactly(HEADER_LEN)
-    pdu_type, length = _HEADER.unpack(header)
+    pdu_type, length = read_header(header, max_pdata=max_pdata, max_other=max_other)
+    return pdu_type, await reader.readexactly(length)
+
+
+def read_header(
+    data: bytes | bytearray, *, max_pdata: int, max_other: int = DEFAULT_MAX_ASSOCIATE_PDU
+) -> tuple[int, int]:
+    """``(pdu_type, length)`` of the PDU header at the start of ``data`` (at least
+    :data:`HEADER_LEN` bytes), checked as :func:`read_pdu` describes; raises :class:`PDUError`."""
+    pdu_type, length = _HEADER.unpack_from(data)
     if pdu_type not in KNOWN_PDU_TYPES:
         raise PDUError(f"unknown PDU type 0x{pdu_type:02X}", REASON_UNRECOGNIZED_PDU)
     limit = max_pdata if pdu_type == P_DATA_TF else max_other
     if limit and length > limit:
         raise PDUError(f"PDU type 0x{pdu_type:02X} of {length} bytes is above the limit of {limit}")
-    return pdu_type, await reader.readexactly(length)
+    return pdu_type, length
 
 
 def iter_pdvs(body: bytes) -> Iterator[tuple[int, int, memoryview]]:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
@@ -48,6 +50,7 @@ from tests.dicom.fakes import (
     canonical,
     decode,
     encode,
+    worklist_item,
     worklist_query,
 )
 
@@ -514,6 +517,49 @@ async def test_a_peer_gone_right_after_its_associate_rq_ends_the_association(
         while scp.active_associations:
             await asyncio.sleep(0.01)
     await assert_still_serving(scp.port)
+
+
+@settings(max_examples=20, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=30))
+def test_a_session_cut_anywhere_gets_the_same_answers(cuts: list[int]) -> None:
+    """The association cuts PDUs from whatever the reads bring: a whole session (associate,
+    C-FIND, C-ECHO, C-FIND, release) written in pieces cut anywhere, each its own read, gets
+    every answer, in order."""
+    items = [worklist_item(n) for n in range(7)]
+    identifier = encode(worklist_query(), False)
+    session = (
+        ASSOCIATE_RQ
+        + p_data(WORKLIST_CONTEXT, 3, _find_rq(1))
+        + p_data(WORKLIST_CONTEXT, 2, identifier)
+        + p_data(VERIFICATION_CONTEXT, 3, _echo_rq(2))
+        + p_data(WORKLIST_CONTEXT, 3, _find_rq(3))
+        + p_data(WORKLIST_CONTEXT, 2, identifier)
+        + RELEASE_RQ
+    )
+    pieces, at = [], 0
+    for cut in cuts:
+        if at >= len(session):
+            break
+        pieces.append(session[at : at + cut])
+        at += cut
+    pieces.append(session[at:])
+
+    async def main() -> None:
+        backend = FakeBackend(items, batch_size=3)
+        async with (
+            DicomSCP(backend, host="127.0.0.1", port=0) as scp,
+            raw_peer(scp.port) as peer,
+        ):
+            set_tcp_nodelay(peer.writer.get_extra_info("socket"))
+            for piece in pieces:
+                await peer.send(piece)
+                await asyncio.sleep(0.0005)  # a read of its own, mostly
+            assert (await peer.read())[0] == pdu.A_ASSOCIATE_AC
+            got = await _responses(peer, 3)
+            assert got == [(1, 0x8020, len(items)), (2, 0x8030, 0), (3, 0x8020, len(items))]
+            assert await peer.read() == (pdu.A_RELEASE_RP, b"\x00\x00\x00\x00")
+
+    asyncio.run(main())
 
 
 # -- limits, timeouts, access, shutdown --------------------------------------------------------
